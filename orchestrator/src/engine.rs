@@ -1,0 +1,615 @@
+//! The one write path: every input — HTTP, reply, event, timer, operator action — is applied in
+//! one transaction: lock the saga row, `machine::decide`, write the new state, its history, its
+//! outbox rows and its timers, commit; only then is anything acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool};
+use thiserror::Error;
+use tokio::sync::{Notify, broadcast};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::definition::{Definition, Violation, parse_definition};
+use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
+use crate::status::{self, SagaStatus, View};
+use crate::store::{self, StoreError, definitions::StoredDefinition, history::HistoryEntry};
+use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE, Reply, ReplyBody};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the definition is invalid")]
+    InvalidDefinition(Vec<Violation>),
+    #[error("the start request is invalid")]
+    InvalidStart(Vec<Violation>),
+    #[error("a request with this idempotency key is still being processed")]
+    KeyInProgress,
+    #[error("this idempotency key was used with a different request")]
+    KeyReused,
+    #[error("no such saga")]
+    NotFound,
+    #[error("{0}")]
+    Refused(String),
+    #[error("the task queues could not be declared: {0}")]
+    Topology(String),
+    #[error("stored definition {name} version {version} no longer parses")]
+    CorruptDefinition { name: String, version: i32 },
+}
+
+/// A registered definition, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub definition: StoredDefinition,
+    /// False when the content equalled the latest version.
+    pub created: bool,
+}
+
+/// A request to start a saga (from HTTP or `saga.start`).
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub definition: String,
+    pub version: Option<i32>,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    /// The request as parsed JSON: a replay with the same key must be equal to it.
+    pub request: Value,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub status: SagaStatus,
+    /// False when an earlier request with the same idempotency key had started it.
+    pub created: bool,
+}
+
+/// What became of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyApplied {
+    Applied,
+    Ignored,
+    UnknownCommand,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    definitions: RwLock<HashMap<(String, i32), Arc<Definition>>>,
+    outbox_wake: Notify,
+    timers_wake: Notify,
+    changes: broadcast::Sender<Uuid>,
+    stuck_after: Duration,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, stuck_after: Duration) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                pool,
+                definitions: RwLock::new(HashMap::new()),
+                outbox_wake: Notify::new(),
+                timers_wake: Notify::new(),
+                changes: broadcast::channel(1024).0,
+                stuck_after,
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Woken after every commit that wrote outbox rows.
+    pub fn outbox_wake(&self) -> &Notify {
+        &self.inner.outbox_wake
+    }
+
+    /// Woken after every commit that armed a timer.
+    pub fn timers_wake(&self) -> &Notify {
+        &self.inner.timers_wake
+    }
+
+    // ----- definitions -------------------------------------------------------------------------
+
+    /// Registers a definition; `declare` declares its task queues before the commit, so that a
+    /// definition is never visible without its queues.
+    #[tracing::instrument(skip_all, fields(definition = tracing::field::Empty))]
+    pub async fn register_definition(
+        &self,
+        document: &Value,
+        declare: impl AsyncFnOnce(Vec<String>) -> Result<(), String>,
+    ) -> Result<Registered, EngineError> {
+        let def = parse_definition(document).map_err(EngineError::InvalidDefinition)?;
+        tracing::Span::current().record("definition", def.name.as_str());
+        let normalised = def.to_document();
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        store::definitions::lock_name(&mut tx, &def.name).await?;
+        let latest = store::definitions::latest(&mut tx, &def.name).await?;
+        if let Some(latest) = latest.filter(|l| l.document == normalised) {
+            declare(def.task_names()).await.map_err(EngineError::Topology)?;
+            return Ok(Registered {
+                definition: latest,
+                created: false,
+            });
+        }
+        let version = latest_version(&mut tx, &def.name).await? + 1;
+        let stored = store::definitions::insert(&mut tx, &def.name, version, &normalised).await?;
+        declare(def.task_names()).await.map_err(EngineError::Topology)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(version, "registered a definition");
+        Ok(Registered {
+            definition: stored,
+            created: true,
+        })
+    }
+
+    pub async fn list_definitions(&self) -> Result<Vec<StoredDefinition>, EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        Ok(store::definitions::list_latest(&mut conn).await?)
+    }
+
+    /// A definition's latest version (`version` None) or the given one.
+    pub async fn get_definition(
+        &self,
+        name: &str,
+        version: Option<i32>,
+    ) -> Result<Option<StoredDefinition>, EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        Ok(match version {
+            Some(v) => store::definitions::get(&mut conn, name, v).await?,
+            None => store::definitions::latest(&mut conn, name).await?,
+        })
+    }
+
+    /// Every task and compensation name of every registered version.
+    pub async fn all_task_names(&self) -> Result<Vec<String>, EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        let mut names = Vec::new();
+        for doc in store::definitions::all_documents(&mut conn).await? {
+            if let Ok(def) = parse_definition(&doc) {
+                names.extend(def.task_names());
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn definition(&self, conn: &mut PgConnection, name: &str, version: i32) -> Result<Arc<Definition>, EngineError> {
+        let key = (name.to_owned(), version);
+        if let Some(d) = self.read_cache(&key) {
+            return Ok(d);
+        }
+        let corrupt = || EngineError::CorruptDefinition {
+            name: name.to_owned(),
+            version,
+        };
+        let stored = store::definitions::get(conn, name, version)
+            .await?
+            .ok_or_else(corrupt)?;
+        let def = Arc::new(parse_definition(&stored.document).map_err(|_| corrupt())?);
+        if let Ok(mut cache) = self.inner.definitions.write() {
+            cache.insert(key, def.clone());
+        }
+        Ok(def)
+    }
+
+    fn read_cache(&self, key: &(String, i32)) -> Option<Arc<Definition>> {
+        self.inner.definitions.read().ok()?.get(key).cloned()
+    }
+
+    // ----- sagas -------------------------------------------------------------------------------
+
+    #[tracing::instrument(skip_all, fields(definition = %req.definition, saga.id = tracing::field::Empty))]
+    pub async fn start(&self, req: StartRequest) -> Result<Started, EngineError> {
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        if let Some(key) = &req.idempotency_key {
+            if !store::sagas::try_lock_idempotency_key(&mut tx, key).await? {
+                return Err(EngineError::KeyInProgress);
+            }
+            if let Some((saga, request)) = store::sagas::by_idempotency_key(&mut tx, key).await? {
+                if request != req.request {
+                    return Err(EngineError::KeyReused);
+                }
+                let status = self.render(&mut tx, &saga, true).await?;
+                return Ok(Started { status, created: false });
+            }
+        }
+        let stored = match req.version {
+            None => store::definitions::latest(&mut tx, &req.definition).await?,
+            Some(v) => store::definitions::get(&mut tx, &req.definition, v).await?,
+        };
+        let Some(stored) = stored else {
+            let known = store::definitions::latest(&mut tx, &req.definition).await?.is_some();
+            let (pointer, detail) = if known {
+                ("/version", format!("`{}` has no such version", req.definition))
+            } else {
+                ("/definition", format!("no definition is named `{}`", req.definition))
+            };
+            return Err(EngineError::InvalidStart(vec![Violation {
+                pointer: pointer.into(),
+                detail,
+            }]));
+        };
+        let def = self.definition(&mut tx, &stored.name, stored.version).await?;
+        def.check_input(&req.input).map_err(EngineError::InvalidStart)?;
+        let id = Uuid::now_v7();
+        tracing::Span::current().record("saga.id", tracing::field::display(id));
+        let now = store::sagas::db_now(&mut tx).await?;
+        let fresh = Saga::new(id, &def, stored.version, req.input.clone(), now);
+        let decision = machine::decide(&fresh, &def, Input::Start { actor: req.actor.clone() }, now, &mut Uuid::now_v7);
+        let idem = req.idempotency_key.clone().map(|key| store::sagas::Idempotency {
+            key,
+            request: req.request.clone(),
+        });
+        store::sagas::insert(&mut tx, &decision.saga, idem.as_ref()).await?;
+        let wrote = self.persist_effects(&mut tx, &decision, &def, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        self.after_commit(id, wrote);
+        tracing::info!("saga started");
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        let status = self.render(&mut conn, &decision.saga, true).await?;
+        Ok(Started { status, created: true })
+    }
+
+    /// Applies one input to a saga. `Err(Refused)` when the machine refused it (a refused signal
+    /// is still recorded in the history).
+    #[tracing::instrument(skip_all, fields(saga.id = %id))]
+    pub async fn apply(&self, id: Uuid, input: Input) -> Result<Verdict, EngineError> {
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let verdict = self.apply_in(&mut tx, id, input).await?;
+        let Some((verdict, wrote)) = verdict else {
+            return Err(EngineError::NotFound);
+        };
+        tx.commit().await.map_err(StoreError::from)?;
+        self.after_commit(id, wrote);
+        match verdict {
+            Verdict::Refused { reason } => Err(EngineError::Refused(reason)),
+            v => Ok(v),
+        }
+    }
+
+    /// Applies a worker's reply.
+    pub async fn reply(&self, reply: Reply) -> Result<ReplyApplied, EngineError> {
+        let outcome = match reply.body {
+            ReplyBody::Ok { output } => machine::Outcome::Ok(output),
+            ReplyBody::Error { error } => machine::Outcome::Error(error),
+        };
+        self.command_input(reply.command_id, Input::Reply {
+            command_id: reply.command_id,
+            outcome,
+        })
+        .await
+    }
+
+    /// Records, in its saga's history, a reply that was dead-lettered for its shape.
+    pub async fn malformed_reply(&self, command_id: Uuid, reason: String) -> Result<ReplyApplied, EngineError> {
+        self.command_input(command_id, Input::MalformedReply { command_id, reason }).await
+    }
+
+    async fn command_input(&self, command_id: Uuid, input: Input) -> Result<ReplyApplied, EngineError> {
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let Some(saga) = store::sagas::saga_of_command(&mut tx, command_id).await? else {
+            return Ok(ReplyApplied::UnknownCommand);
+        };
+        let span = tracing::info_span!("reply", saga.id = %saga, command.id = %command_id);
+        let applied = self.apply_in(&mut tx, saga, input).instrument(span).await?;
+        let Some((verdict, wrote)) = applied else {
+            return Ok(ReplyApplied::UnknownCommand);
+        };
+        tx.commit().await.map_err(StoreError::from)?;
+        self.after_commit(saga, wrote);
+        Ok(match verdict {
+            Verdict::Accepted => ReplyApplied::Applied,
+            Verdict::Ignored | Verdict::Refused { .. } => ReplyApplied::Ignored,
+        })
+    }
+
+    /// Fires due timers: takes up to `limit`, applies each to its saga, in one transaction.
+    /// Returns how many it took.
+    pub async fn fire_due_timers(&self, limit: i64) -> Result<usize, EngineError> {
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let due = store::timers::take_due(&mut tx, limit).await?;
+        let mut touched = Vec::new();
+        for timer in &due {
+            let Some(input) = timer_input(&timer.key) else {
+                tracing::warn!(saga.id = %timer.saga_id, key = timer.key, "dropped a timer with an unknown key");
+                continue;
+            };
+            if let Some((_, wrote)) = self.apply_in(&mut tx, timer.saga_id, input).await? {
+                touched.push((timer.saga_id, wrote));
+            }
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        for (saga, wrote) in touched {
+            self.after_commit(saga, wrote);
+        }
+        Ok(due.len())
+    }
+
+    /// The heart of the write path, inside the caller's transaction. None: no such saga.
+    async fn apply_in(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        input: Input,
+    ) -> Result<Option<(Verdict, Wrote)>, EngineError> {
+        let Some((saga, now)) = store::sagas::lock(tx, id).await? else {
+            return Ok(None);
+        };
+        let def = self.definition(tx, &saga.definition, saga.version).await?;
+        let decision = machine::decide(&saga, &def, input, now, &mut Uuid::now_v7);
+        if decision.saga != saga {
+            store::sagas::update(tx, &decision.saga).await?;
+        }
+        let wrote = self.persist_effects(tx, &decision, &def, now).await?;
+        Ok(Some((decision.verdict, wrote)))
+    }
+
+    /// Writes a decision's history, commands, outbox rows and timers.
+    async fn persist_effects(
+        &self,
+        tx: &mut PgConnection,
+        decision: &Decision,
+        def: &Definition,
+        now: DateTime<Utc>,
+    ) -> Result<Wrote, EngineError> {
+        let saga = &decision.saga;
+        store::history::insert(tx, saga.id, &decision.history).await?;
+        let mut messages = Vec::new();
+        let mut commands = Vec::new();
+        // Last word per timer key wins; a CancelAll forgets what came before it.
+        let mut timers: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
+        let mut cancel_all = false;
+        for effect in &decision.effects {
+            match effect {
+                Effect::Dispatch(d) => {
+                    commands.push(d.command_id);
+                    messages.push(command_message(saga.id, d));
+                }
+                Effect::Schedule { timer, at } => {
+                    timers.insert(timer_key(timer), Some(*at));
+                }
+                Effect::Cancel(timer) => {
+                    timers.insert(timer_key(timer), None);
+                }
+                Effect::CancelAll => {
+                    timers.clear();
+                    cancel_all = true;
+                }
+                Effect::Lifecycle(state) => {
+                    let mut body = status::render(saga, def, self.view(now, None, false));
+                    body.state = *state;
+                    messages.push(store::outbox::NewMessage {
+                        saga_id: saga.id,
+                        exchange: LIFECYCLE_EXCHANGE.into(),
+                        routing_key: format!("{}.{}", saga.definition, state.as_str()),
+                        message_id: Uuid::now_v7(),
+                        message_type: format!("saga.{}", state.as_str()),
+                        reply_to: None,
+                        body: serde_json::to_value(&body).unwrap_or(Value::Null),
+                        attempt_timeout: None,
+                        command_id: None,
+                    });
+                }
+            }
+        }
+        if cancel_all {
+            store::timers::cancel_all(tx, saga.id).await?;
+        }
+        let (arm, disarm): (Vec<_>, Vec<_>) = timers.into_iter().partition(|(_, at)| at.is_some());
+        let disarm: Vec<String> = disarm.into_iter().map(|(k, _)| k).collect();
+        store::timers::cancel(tx, saga.id, &disarm).await?;
+        let arm: Vec<_> = arm
+            .into_iter()
+            .filter_map(|(k, at)| at.map(|at| (saga.id, k, at)))
+            .collect();
+        store::timers::schedule(tx, &arm).await?;
+        store::sagas::insert_commands(tx, saga.id, &commands).await?;
+        store::outbox::insert(tx, &messages).await?;
+        Ok(Wrote {
+            outbox: !messages.is_empty(),
+            timers: !arm.is_empty(),
+        })
+    }
+
+    fn after_commit(&self, saga: Uuid, wrote: Wrote) {
+        if wrote.outbox {
+            self.inner.outbox_wake.notify_one();
+        }
+        if wrote.timers {
+            self.inner.timers_wake.notify_one();
+        }
+        // Nobody listening is fine.
+        let _ = self.inner.changes.send(saga);
+    }
+
+    fn view(&self, now: DateTime<Utc>, unpublished_since: Option<DateTime<Utc>>, with_steps: bool) -> View {
+        View {
+            now,
+            stuck_after: self.inner.stuck_after,
+            unpublished_since,
+            with_steps,
+        }
+    }
+
+    async fn render(&self, conn: &mut PgConnection, saga: &Saga, with_steps: bool) -> Result<SagaStatus, EngineError> {
+        let def = self.definition(conn, &saga.definition, saga.version).await?;
+        let now = store::sagas::db_now(conn).await?;
+        let unpublished = store::outbox::oldest_unpublished(conn, saga.id).await?;
+        Ok(status::render(saga, &def, self.view(now, unpublished, with_steps)))
+    }
+
+    // ----- reads -------------------------------------------------------------------------------
+
+    pub async fn status(&self, id: Uuid) -> Result<Option<SagaStatus>, EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        match store::sagas::get(&mut conn, id).await? {
+            Some(saga) => Ok(Some(self.render(&mut conn, &saga, true).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Long poll: the status once the saga is terminal or suspended (or, with `revision`, once
+    /// its revision differs), or when `wait` ends. Changes made by this process wake it at once;
+    /// a short poll catches those of other processes.
+    pub async fn wait_status(
+        &self,
+        id: Uuid,
+        wait: Duration,
+        revision: Option<i64>,
+    ) -> Result<Option<SagaStatus>, EngineError> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let Some(status) = self.status(id).await? else {
+                return Ok(None);
+            };
+            let done = status.state.is_terminal()
+                || match revision {
+                    Some(r) => status.revision != r,
+                    None => status.state == machine::SagaState::Suspended,
+                };
+            if done || tokio::time::Instant::now() >= until {
+                return Ok(Some(status));
+            }
+            let poll = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(500)));
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    _ = &mut poll => break,
+                    changed = changes.recv() => match changed {
+                        Ok(saga) if saga != id => continue,
+                        // This saga changed, or we missed some: look again.
+                        _ => break,
+                    },
+                }
+            }
+        }
+    }
+
+    pub async fn history(&self, id: Uuid) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        if store::sagas::get(&mut conn, id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(store::history::list(&mut conn, id).await?))
+    }
+
+    /// A page of sagas (statuses without steps), and the cursor of the next page.
+    pub async fn list(
+        &self,
+        filter: &store::sagas::ListFilter,
+    ) -> Result<(Vec<SagaStatus>, Option<(DateTime<Utc>, Uuid)>), EngineError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        let (sagas, now) = store::sagas::list(&mut conn, filter, self.inner.stuck_after).await?;
+        let mut items = Vec::with_capacity(sagas.len());
+        for saga in &sagas {
+            let def = self.definition(&mut conn, &saga.definition, saga.version).await?;
+            items.push(status::render(saga, &def, self.view(now, None, false)));
+        }
+        let full = i64::try_from(items.len()).unwrap_or(i64::MAX) >= filter.limit;
+        let next = full.then(|| sagas.last().map(|s| (s.created_at, s.id))).flatten();
+        Ok((items, next))
+    }
+}
+
+async fn latest_version(conn: &mut PgConnection, name: &str) -> Result<i32, StoreError> {
+    Ok(store::definitions::latest(conn, name).await?.map_or(0, |d| d.version))
+}
+
+/// What a transition wrote that other components wait for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wrote {
+    outbox: bool,
+    timers: bool,
+}
+
+fn command_message(saga: Uuid, d: &machine::Dispatch) -> store::outbox::NewMessage {
+    let body = json!({
+        "command_id": d.command_id,
+        "saga_id": saga,
+        "step": d.step_name,
+        "task": d.task,
+        "kind": d.kind.as_str(),
+        "attempt": d.attempt,
+        "idempotency_key": d.idempotency_key,
+        "compensates": d.compensates,
+        "deadline": null,
+        "input": d.input,
+        "results": d.results,
+    });
+    store::outbox::NewMessage {
+        saga_id: saga,
+        exchange: COMMANDS_EXCHANGE.into(),
+        routing_key: d.task.clone(),
+        message_id: d.command_id,
+        message_type: d.task.clone(),
+        reply_to: Some(REPLIES_QUEUE.into()),
+        body,
+        attempt_timeout: Some(d.timeout),
+        command_id: Some(d.command_id),
+    }
+}
+
+/// The key of a timer within its saga, as stored in `timers.key`.
+pub fn timer_key(timer: &Timer) -> String {
+    match timer {
+        Timer::Attempt { command_id } => format!("attempt:{command_id}"),
+        Timer::Backoff { step } => format!("backoff:{step}"),
+        Timer::AwaitDeadline { step } => format!("await:{step}"),
+        Timer::SagaDeadline => "deadline".into(),
+    }
+}
+
+/// The input a due timer feeds the machine.
+fn timer_input(key: &str) -> Option<Input> {
+    let (kind, arg) = key.split_once(':').unwrap_or((key, ""));
+    Some(match kind {
+        "attempt" => Input::AttemptTimedOut {
+            command_id: arg.parse().ok()?,
+        },
+        "backoff" => Input::BackoffElapsed { step: arg.parse().ok()? },
+        "await" => Input::AwaitLapsed { step: arg.parse().ok()? },
+        "deadline" => Input::DeadlinePassed,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_keys_round_trip() {
+        for timer in [
+            Timer::Attempt {
+                command_id: Uuid::from_u128(7),
+            },
+            Timer::Backoff { step: 3 },
+            Timer::AwaitDeadline { step: 0 },
+            Timer::SagaDeadline,
+        ] {
+            let input = timer_input(&timer_key(&timer)).expect("parses");
+            let expected = match timer {
+                Timer::Attempt { command_id } => Input::AttemptTimedOut { command_id },
+                Timer::Backoff { step } => Input::BackoffElapsed { step },
+                Timer::AwaitDeadline { step } => Input::AwaitLapsed { step },
+                Timer::SagaDeadline => Input::DeadlinePassed,
+            };
+            assert_eq!(input, expected);
+        }
+        assert_eq!(timer_input("nonsense"), None);
+        assert_eq!(timer_input("backoff:x"), None);
+    }
+}

@@ -1,0 +1,209 @@
+//! The `sagas` table (one row per saga, the machine's state) and the `commands` index.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::machine::{Saga, SagaState};
+
+const COLUMNS: &str = "id, definition, version, state, revision, input, output, failure, steps,
+    early_signals, created_at, updated_at, deadline, wait_until, history_seq";
+
+fn decode(row: &PgRow) -> Result<Saga, StoreError> {
+    let state: String = row.try_get("state")?;
+    let json = |col: &str| -> Result<Value, StoreError> { Ok(row.try_get::<Value, _>(col)?) };
+    let corrupt = |col: &str, e: serde_json::Error| StoreError::Corrupt(format!("sagas.{col}: {e}"));
+    Ok(Saga {
+        id: row.try_get("id")?,
+        definition: row.try_get("definition")?,
+        version: row.try_get("version")?,
+        state: SagaState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("saga state {state}")))?,
+        revision: row.try_get("revision")?,
+        input: json("input")?,
+        output: row.try_get("output")?,
+        failure: row
+            .try_get::<Option<Value>, _>("failure")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt("failure", e))?,
+        steps: serde_json::from_value(json("steps")?).map_err(|e| corrupt("steps", e))?,
+        early_signals: serde_json::from_value(json("early_signals")?).map_err(|e| corrupt("early_signals", e))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        deadline: row.try_get("deadline")?,
+        wait_until: row.try_get("wait_until")?,
+        history_seq: row.try_get("history_seq")?,
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
+    serde_json::to_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The start request a saga was made by, with its idempotency key.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// The request body as parsed JSON; a replay must be equal to it.
+    pub request: Value,
+}
+
+pub async fn insert(conn: &mut PgConnection, saga: &Saga, idem: Option<&Idempotency>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sagas (id, definition, version, state, revision, input, output, failure, steps,
+             early_signals, created_at, updated_at, deadline, wait_until, history_seq,
+             idempotency_key, request_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(saga.id)
+    .bind(&saga.definition)
+    .bind(saga.version)
+    .bind(saga.state.as_str())
+    .bind(saga.revision)
+    .bind(&saga.input)
+    .bind(&saga.output)
+    .bind(saga.failure.as_ref().map(encode).transpose()?)
+    .bind(encode(&saga.steps)?)
+    .bind(encode(&saga.early_signals)?)
+    .bind(saga.created_at)
+    .bind(saga.updated_at)
+    .bind(saga.deadline)
+    .bind(saga.wait_until)
+    .bind(saga.history_seq)
+    .bind(idem.map(|i| i.key.as_str()))
+    .bind(idem.map(|i| &i.request))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes the machine's new state of a saga whose row this transaction has locked.
+pub async fn update(conn: &mut PgConnection, saga: &Saga) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sagas SET state = $2, revision = $3, output = $4, failure = $5, steps = $6,
+             early_signals = $7, updated_at = $8, deadline = $9, wait_until = $10, history_seq = $11
+         WHERE id = $1",
+    )
+    .bind(saga.id)
+    .bind(saga.state.as_str())
+    .bind(saga.revision)
+    .bind(&saga.output)
+    .bind(saga.failure.as_ref().map(encode).transpose()?)
+    .bind(encode(&saga.steps)?)
+    .bind(encode(&saga.early_signals)?)
+    .bind(saga.updated_at)
+    .bind(saga.deadline)
+    .bind(saga.wait_until)
+    .bind(saga.history_seq)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Loads a saga and locks its row until the transaction ends, with the database's clock.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<(Saga, DateTime<Utc>)>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE id = $1 FOR UPDATE"
+    ));
+    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
+    row.map(|r| Ok((decode(&r)?, r.try_get("db_now")?))).transpose()
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Saga>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sagas WHERE id = $1"));
+    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// The saga started with this idempotency key, with the request it was started by.
+pub async fn by_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<Option<(Saga, Value)>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, request_digest FROM sagas WHERE idempotency_key = $1"
+    ));
+    let row = sqlx::query(sql).bind(key).fetch_optional(conn).await?;
+    row.map(|r| Ok((decode(&r)?, r.try_get("request_digest")?))).transpose()
+}
+
+/// Holds off a concurrent start with the same key until this transaction ends; false if another
+/// transaction holds it now (that request is still being processed).
+pub async fn try_lock_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('start:' || $1, 0))")
+        .bind(key)
+        .fetch_one(conn)
+        .await?)
+}
+
+pub async fn insert_commands(conn: &mut PgConnection, saga: Uuid, commands: &[Uuid]) -> Result<(), StoreError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO commands (command_id, saga_id) SELECT UNNEST($2::uuid[]), $1")
+        .bind(saga)
+        .bind(commands)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn saga_of_command(conn: &mut PgConnection, command: Uuid) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT saga_id FROM commands WHERE command_id = $1")
+        .bind(command)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Filters of `GET /v1/sagas`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<SagaState>,
+    pub definition: Option<String>,
+    pub stuck: Option<bool>,
+    pub updated_before: Option<DateTime<Utc>>,
+    /// Keyset: items strictly older than this `(created_at, id)`.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Sagas matching `filter`, newest first, with the database's clock.
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: &ListFilter,
+    stuck_after: std::time::Duration,
+) -> Result<(Vec<Saga>, DateTime<Utc>), StoreError> {
+    let states: Option<Vec<&str>> =
+        (!filter.states.is_empty()).then(|| filter.states.iter().map(|s| s.as_str()).collect());
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas
+         WHERE ($1::text[] IS NULL OR state = ANY($1))
+           AND ($2::text IS NULL OR definition = $2)
+           AND ($3::timestamptz IS NULL OR updated_at < $3)
+           AND ($4::bool IS NULL OR $4 = (state = 'suspended' OR (state IN ('running', 'compensating')
+                AND wait_until < clock_timestamp() - make_interval(secs => $5))))
+           AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $8"
+    ));
+    let rows = sqlx::query(sql)
+        .bind(states)
+        .bind(&filter.definition)
+        .bind(filter.updated_before)
+        .bind(filter.stuck)
+        .bind(stuck_after.as_secs_f64())
+        .bind(filter.after.map(|a| a.0))
+        .bind(filter.after.map(|a| a.1))
+        .bind(filter.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    let now = match rows.first() {
+        Some(r) => r.try_get("db_now")?,
+        None => db_now(conn).await?,
+    };
+    Ok((rows.iter().map(decode).collect::<Result<_, _>>()?, now))
+}
+
+pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(conn).await?)
+}
