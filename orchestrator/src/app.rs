@@ -76,8 +76,13 @@ impl App {
         tasks.close();
         let state = AppState::new(self.engine.clone(), self.bus.clone(), &self.config);
         tracing::info!(addr = ?self.local_addr(), "listening");
+        let engine = self.engine.clone();
+        let stopping = shutdown.clone();
         let served = axum::serve(self.listener, api::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                engine.close_waits();
+            })
             .await
             .map_err(AppError::Serve);
         shutdown.cancel();

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -89,6 +90,8 @@ struct Inner {
     timers_wake: Notify,
     changes: broadcast::Sender<Uuid>,
     stuck_after: Duration,
+    /// Fired at shutdown: long polls answer at once instead of holding the server open.
+    closing: CancellationToken,
 }
 
 impl Engine {
@@ -101,8 +104,14 @@ impl Engine {
                 timers_wake: Notify::new(),
                 changes: broadcast::channel(1024).0,
                 stuck_after,
+                closing: CancellationToken::new(),
             }),
         }
+    }
+
+    /// Makes every long poll answer now; called when the process starts shutting down.
+    pub fn close_waits(&self) {
+        self.inner.closing.cancel();
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -480,7 +489,7 @@ impl Engine {
                     Some(r) => status.revision != r,
                     None => status.state == machine::SagaState::Suspended,
                 };
-            if done || tokio::time::Instant::now() >= until {
+            if done || tokio::time::Instant::now() >= until || self.inner.closing.is_cancelled() {
                 return Ok(Some(status));
             }
             let poll = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(500)));
@@ -488,6 +497,7 @@ impl Engine {
             loop {
                 tokio::select! {
                     _ = &mut poll => break,
+                    _ = self.inner.closing.cancelled() => break,
                     changed = changes.recv() => match changed {
                         Ok(saga) if saga != id => continue,
                         // This saga changed, or we missed some: look again.

@@ -123,8 +123,7 @@ fn stuck_reason(saga: &Saga, def: &Definition, view: &View) -> Option<String> {
                 .steps
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.wait_until == Some(wait_until) || s.retry_at == Some(wait_until))
-                .next()?;
+                .find(|(_, s)| s.wait_until == Some(wait_until) || s.retry_at == Some(wait_until))?;
             let name = leaves.get(i).map_or("?", |l| l.leaf.name.as_str());
             let reason = match (&leaves.get(i)?.leaf.action, s.out) {
                 (Action::Await { event, .. }, _) => {
