@@ -23,7 +23,10 @@ pub enum AppError {
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -45,7 +48,10 @@ impl App {
             );
             config.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         } else if config.api_tokens.is_empty() {
-            tracing::warn!("no API token is configured: anyone who can reach {} may use the API", config.listen);
+            tracing::warn!(
+                "no API token is configured: anyone who can reach {} may use the API",
+                config.listen
+            );
         }
         let pool = store::connect(&config.database_url, config.db_pool).await?;
         let engine = Engine::new(pool, config.stuck_after);
@@ -104,7 +110,10 @@ pub fn run_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
@@ -130,7 +139,10 @@ pub fn run_main() -> ExitCode {
 
 async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::warn!("cannot listen for signals; stop the process with SIGKILL");
         return;
     };

@@ -39,16 +39,32 @@ impl std::fmt::Debug for ApiToken {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "orchestrator", about = "Saga orchestrator: durable sagas over PostgreSQL and RabbitMQ")]
+#[command(
+    name = "orchestrator",
+    about = "Saga orchestrator: durable sagas over PostgreSQL and RabbitMQ"
+)]
 pub struct Args {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/saga")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/saga"
+    )]
     pub database_url: String,
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     #[arg(long, env = "SAGA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Comma-separated `name:role:token`, role `client` or `operator`.
-    #[arg(long, env = "SAGA_API_TOKENS", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SAGA_API_TOKENS",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub api_tokens: String,
     #[arg(long, env = "SAGA_MAX_BODY", default_value = "1MiB")]
     pub max_body: String,
@@ -100,7 +116,8 @@ fn parse_tokens(s: &str) -> Result<Vec<ApiToken>, ConfigError> {
         .filter(|t| !t.is_empty())
         .map(|t| {
             let mut parts = t.splitn(3, ':');
-            let (Some(name), Some(role), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(name), Some(role), Some(secret)) = (parts.next(), parts.next(), parts.next())
+            else {
                 return Err(ConfigError::Token(redact(t)));
             };
             let role = match role {
@@ -133,7 +150,9 @@ fn parse_size(s: &str) -> Result<usize, ConfigError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: usize = digits.parse().map_err(|_| ConfigError::Size(s.to_owned()))?;
+    let n: usize = digits
+        .parse()
+        .map_err(|_| ConfigError::Size(s.to_owned()))?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
@@ -141,7 +160,8 @@ fn parse_size(s: &str) -> Result<usize, ConfigError> {
         "GiB" | "G" | "GB" => 1 << 30,
         _ => return Err(ConfigError::Size(s.to_owned())),
     };
-    n.checked_mul(factor).ok_or_else(|| ConfigError::Size(s.to_owned()))
+    n.checked_mul(factor)
+        .ok_or_else(|| ConfigError::Size(s.to_owned()))
 }
 
 #[cfg(test)]

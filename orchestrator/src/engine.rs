@@ -145,7 +145,9 @@ impl Engine {
         store::definitions::lock_name(&mut tx, &def.name).await?;
         let latest = store::definitions::latest(&mut tx, &def.name).await?;
         if let Some(latest) = latest.filter(|l| l.document == normalised) {
-            declare(def.task_names()).await.map_err(EngineError::Topology)?;
+            declare(def.task_names())
+                .await
+                .map_err(EngineError::Topology)?;
             return Ok(Registered {
                 definition: latest,
                 created: false,
@@ -153,7 +155,9 @@ impl Engine {
         }
         let version = latest_version(&mut tx, &def.name).await? + 1;
         let stored = store::definitions::insert(&mut tx, &def.name, version, &normalised).await?;
-        declare(def.task_names()).await.map_err(EngineError::Topology)?;
+        declare(def.task_names())
+            .await
+            .map_err(EngineError::Topology)?;
         tx.commit().await.map_err(StoreError::from)?;
         tracing::info!(version, "registered a definition");
         Ok(Registered {
@@ -194,7 +198,12 @@ impl Engine {
         Ok(names)
     }
 
-    async fn definition(&self, conn: &mut PgConnection, name: &str, version: i32) -> Result<Arc<Definition>, EngineError> {
+    async fn definition(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        version: i32,
+    ) -> Result<Arc<Definition>, EngineError> {
         let key = (name.to_owned(), version);
         if let Some(d) = self.read_cache(&key) {
             return Ok(d);
@@ -231,7 +240,10 @@ impl Engine {
                     return Err(EngineError::KeyReused);
                 }
                 let status = self.render(&mut tx, &saga, true).await?;
-                return Ok(Started { status, created: false });
+                return Ok(Started {
+                    status,
+                    created: false,
+                });
             }
         }
         let stored = match req.version {
@@ -239,28 +251,50 @@ impl Engine {
             Some(v) => store::definitions::get(&mut tx, &req.definition, v).await?,
         };
         let Some(stored) = stored else {
-            let known = store::definitions::latest(&mut tx, &req.definition).await?.is_some();
+            let known = store::definitions::latest(&mut tx, &req.definition)
+                .await?
+                .is_some();
             let (pointer, detail) = if known {
-                ("/version", format!("`{}` has no such version", req.definition))
+                (
+                    "/version",
+                    format!("`{}` has no such version", req.definition),
+                )
             } else {
-                ("/definition", format!("no definition is named `{}`", req.definition))
+                (
+                    "/definition",
+                    format!("no definition is named `{}`", req.definition),
+                )
             };
             return Err(EngineError::InvalidStart(vec![Violation {
                 pointer: pointer.into(),
                 detail,
             }]));
         };
-        let def = self.definition(&mut tx, &stored.name, stored.version).await?;
-        def.check_input(&req.input).map_err(EngineError::InvalidStart)?;
+        let def = self
+            .definition(&mut tx, &stored.name, stored.version)
+            .await?;
+        def.check_input(&req.input)
+            .map_err(EngineError::InvalidStart)?;
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga.id", tracing::field::display(id));
         let now = store::sagas::db_now(&mut tx).await?;
         let fresh = Saga::new(id, &def, stored.version, req.input.clone(), now);
-        let decision = machine::decide(&fresh, &def, Input::Start { actor: req.actor.clone() }, now, &mut Uuid::now_v7);
-        let idem = req.idempotency_key.clone().map(|key| store::sagas::Idempotency {
-            key,
-            request: req.request.clone(),
-        });
+        let decision = machine::decide(
+            &fresh,
+            &def,
+            Input::Start {
+                actor: req.actor.clone(),
+            },
+            now,
+            &mut Uuid::now_v7,
+        );
+        let idem = req
+            .idempotency_key
+            .clone()
+            .map(|key| store::sagas::Idempotency {
+                key,
+                request: req.request.clone(),
+            });
         store::sagas::insert(&mut tx, &decision.saga, idem.as_ref()).await?;
         let wrote = self.persist_effects(&mut tx, &decision, &def, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -268,7 +302,10 @@ impl Engine {
         tracing::info!("saga started");
         let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
         let status = self.render(&mut conn, &decision.saga, true).await?;
-        Ok(Started { status, created: true })
+        Ok(Started {
+            status,
+            created: true,
+        })
     }
 
     /// Applies one input to a saga. `Err(Refused)` when the machine refused it (a refused signal
@@ -294,19 +331,31 @@ impl Engine {
             ReplyBody::Ok { output } => machine::Outcome::Ok(output),
             ReplyBody::Error { error } => machine::Outcome::Error(error),
         };
-        self.command_input(reply.command_id, Input::Reply {
-            command_id: reply.command_id,
-            outcome,
-        })
+        self.command_input(
+            reply.command_id,
+            Input::Reply {
+                command_id: reply.command_id,
+                outcome,
+            },
+        )
         .await
     }
 
     /// Records, in its saga's history, a reply that was dead-lettered for its shape.
-    pub async fn malformed_reply(&self, command_id: Uuid, reason: String) -> Result<ReplyApplied, EngineError> {
-        self.command_input(command_id, Input::MalformedReply { command_id, reason }).await
+    pub async fn malformed_reply(
+        &self,
+        command_id: Uuid,
+        reason: String,
+    ) -> Result<ReplyApplied, EngineError> {
+        self.command_input(command_id, Input::MalformedReply { command_id, reason })
+            .await
     }
 
-    async fn command_input(&self, command_id: Uuid, input: Input) -> Result<ReplyApplied, EngineError> {
+    async fn command_input(
+        &self,
+        command_id: Uuid,
+        input: Input,
+    ) -> Result<ReplyApplied, EngineError> {
         let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
         let Some(saga) = store::sagas::saga_of_command(&mut tx, command_id).await? else {
             return Ok(ReplyApplied::UnknownCommand);
@@ -443,7 +492,12 @@ impl Engine {
         let _ = self.inner.changes.send(saga);
     }
 
-    fn view(&self, now: DateTime<Utc>, unpublished_since: Option<DateTime<Utc>>, with_steps: bool) -> View {
+    fn view(
+        &self,
+        now: DateTime<Utc>,
+        unpublished_since: Option<DateTime<Utc>>,
+        with_steps: bool,
+    ) -> View {
         View {
             now,
             stuck_after: self.inner.stuck_after,
@@ -452,11 +506,22 @@ impl Engine {
         }
     }
 
-    async fn render(&self, conn: &mut PgConnection, saga: &Saga, with_steps: bool) -> Result<SagaStatus, EngineError> {
-        let def = self.definition(conn, &saga.definition, saga.version).await?;
+    async fn render(
+        &self,
+        conn: &mut PgConnection,
+        saga: &Saga,
+        with_steps: bool,
+    ) -> Result<SagaStatus, EngineError> {
+        let def = self
+            .definition(conn, &saga.definition, saga.version)
+            .await?;
         let now = store::sagas::db_now(conn).await?;
         let unpublished = store::outbox::oldest_unpublished(conn, saga.id).await?;
-        Ok(status::render(saga, &def, self.view(now, unpublished, with_steps)))
+        Ok(status::render(
+            saga,
+            &def,
+            self.view(now, unpublished, with_steps),
+        ))
     }
 
     // ----- reads -------------------------------------------------------------------------------
@@ -492,7 +557,9 @@ impl Engine {
             if done || tokio::time::Instant::now() >= until || self.inner.closing.is_cancelled() {
                 return Ok(Some(status));
             }
-            let poll = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(500)));
+            let poll = tokio::time::sleep_until(
+                until.min(tokio::time::Instant::now() + Duration::from_millis(500)),
+            );
             tokio::pin!(poll);
             loop {
                 tokio::select! {
@@ -525,17 +592,23 @@ impl Engine {
         let (sagas, now) = store::sagas::list(&mut conn, filter, self.inner.stuck_after).await?;
         let mut items = Vec::with_capacity(sagas.len());
         for saga in &sagas {
-            let def = self.definition(&mut conn, &saga.definition, saga.version).await?;
+            let def = self
+                .definition(&mut conn, &saga.definition, saga.version)
+                .await?;
             items.push(status::render(saga, &def, self.view(now, None, false)));
         }
         let full = i64::try_from(items.len()).unwrap_or(i64::MAX) >= filter.limit;
-        let next = full.then(|| sagas.last().map(|s| (s.created_at, s.id))).flatten();
+        let next = full
+            .then(|| sagas.last().map(|s| (s.created_at, s.id)))
+            .flatten();
         Ok((items, next))
     }
 }
 
 async fn latest_version(conn: &mut PgConnection, name: &str) -> Result<i32, StoreError> {
-    Ok(store::definitions::latest(conn, name).await?.map_or(0, |d| d.version))
+    Ok(store::definitions::latest(conn, name)
+        .await?
+        .map_or(0, |d| d.version))
 }
 
 /// What a transition wrote that other components wait for.
@@ -589,8 +662,12 @@ fn timer_input(key: &str) -> Option<Input> {
         "attempt" => Input::AttemptTimedOut {
             command_id: arg.parse().ok()?,
         },
-        "backoff" => Input::BackoffElapsed { step: arg.parse().ok()? },
-        "await" => Input::AwaitLapsed { step: arg.parse().ok()? },
+        "backoff" => Input::BackoffElapsed {
+            step: arg.parse().ok()?,
+        },
+        "await" => Input::AwaitLapsed {
+            step: arg.parse().ok()?,
+        },
         "deadline" => Input::DeadlinePassed,
         _ => return None,
     })

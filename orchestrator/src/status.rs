@@ -98,10 +98,10 @@ fn stuck_reason(saga: &Saga, def: &Definition, view: &View) -> Option<String> {
                 .iter()
                 .enumerate()
                 .find(|(_, s)| s.state == StepState::CompensationFailed)?;
-            let why = s
-                .error
-                .as_ref()
-                .map_or_else(|| "no reply".to_owned(), |e| format!("{}: {}", e.code, e.message));
+            let why = s.error.as_ref().map_or_else(
+                || "no reply".to_owned(),
+                |e| format!("{}: {}", e.code, e.message),
+            );
             Some(format!(
                 "compensation of {} failed after {} attempts ({why}); an operator must retry, skip or terminate",
                 leaves.get(i).map_or("?", |l| l.leaf.name.as_str()),
@@ -119,18 +119,21 @@ fn stuck_reason(saga: &Saga, def: &Definition, view: &View) -> Option<String> {
                     "a command has waited in the outbox since {since} and could not be published (is RabbitMQ reachable?)"
                 ));
             }
-            let (i, s) = saga
-                .steps
-                .iter()
-                .enumerate()
-                .find(|(_, s)| s.wait_until == Some(wait_until) || s.retry_at == Some(wait_until))?;
+            let (i, s) = saga.steps.iter().enumerate().find(|(_, s)| {
+                s.wait_until == Some(wait_until) || s.retry_at == Some(wait_until)
+            })?;
             let name = leaves.get(i).map_or("?", |l| l.leaf.name.as_str());
             let reason = match (&leaves.get(i)?.leaf.action, s.out) {
                 (Action::Await { event, .. }, _) => {
-                    format!("waiting for the event {event} (step {name}); its deadline {wait_until} passed without a timeout firing")
+                    format!(
+                        "waiting for the event {event} (step {name}); its deadline {wait_until} passed without a timeout firing"
+                    )
                 }
                 (Action::Task(t), Some(out)) => {
-                    let c = s.commands.iter().find(|c| c.id == out && c.fate == CommandFate::Out)?;
+                    let c = s
+                        .commands
+                        .iter()
+                        .find(|c| c.id == out && c.fate == CommandFate::Out)?;
                     format!(
                         "command {} for {name} ({}, attempt {}) has had no reply and no timeout since its deadline {wait_until}",
                         t.task,
@@ -139,7 +142,9 @@ fn stuck_reason(saga: &Saga, def: &Definition, view: &View) -> Option<String> {
                     )
                 }
                 (Action::Task(_), None) => {
-                    format!("the retry of {name} due at {wait_until} has not run (is an orchestrator process running?)")
+                    format!(
+                        "the retry of {name} due at {wait_until} has not run (is an orchestrator process running?)"
+                    )
                 }
             };
             Some(reason)

@@ -45,7 +45,11 @@ async fn tick(engine: &Engine) -> Result<Duration, crate::engine::EngineError> {
     if fired as i64 >= BATCH {
         return Ok(Duration::ZERO);
     }
-    let mut conn = engine.pool().acquire().await.map_err(store::StoreError::from)?;
+    let mut conn = engine
+        .pool()
+        .acquire()
+        .await
+        .map_err(store::StoreError::from)?;
     let next = store::timers::next_due_in(&mut conn).await?;
     Ok(next.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)))
 }

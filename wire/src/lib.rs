@@ -86,7 +86,9 @@ pub enum ReplyBody {
         #[serde(default)]
         output: Value,
     },
-    Error { error: StepError },
+    Error {
+        error: StepError,
+    },
 }
 
 /// A reply with the command it answers.
@@ -152,7 +154,10 @@ mod tests {
             json!({"command_id": Uuid::nil(), "status": "error"}),
             json!({"command_id": "nope", "status": "ok"}),
         ] {
-            assert!(serde_json::from_value::<Reply>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<Reply>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -13,19 +13,49 @@ use super::state::SagaState;
 /// into these.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    Start { actor: String },
-    Reply { command_id: Uuid, outcome: Outcome },
+    Start {
+        actor: String,
+    },
+    Reply {
+        command_id: Uuid,
+        outcome: Outcome,
+    },
     /// A reply for a known command that could not be used (dead-lettered by the shell).
-    MalformedReply { command_id: Uuid, reason: String },
-    AttemptTimedOut { command_id: Uuid },
-    BackoffElapsed { step: usize },
-    AwaitLapsed { step: usize },
+    MalformedReply {
+        command_id: Uuid,
+        reason: String,
+    },
+    AttemptTimedOut {
+        command_id: Uuid,
+    },
+    BackoffElapsed {
+        step: usize,
+    },
+    AwaitLapsed {
+        step: usize,
+    },
     DeadlinePassed,
-    Signal { event: String, payload: Value, actor: String },
-    Cancel { actor: String, reason: Option<String> },
-    Retry { actor: String, reason: Option<String> },
-    Skip { actor: String, reason: String },
-    Terminate { actor: String, reason: String },
+    Signal {
+        event: String,
+        payload: Value,
+        actor: String,
+    },
+    Cancel {
+        actor: String,
+        reason: Option<String>,
+    },
+    Retry {
+        actor: String,
+        reason: Option<String>,
+    },
+    Skip {
+        actor: String,
+        reason: String,
+    },
+    Terminate {
+        actor: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +93,10 @@ pub struct Dispatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Dispatch(Dispatch),
-    Schedule { timer: Timer, at: DateTime<Utc> },
+    Schedule {
+        timer: Timer,
+        at: DateTime<Utc>,
+    },
     Cancel(Timer),
     /// Disarm every timer of the saga (it ended).
     CancelAll,

@@ -30,6 +30,8 @@
 mod effects;
 mod state;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use chrono::{DateTime, Utc};
@@ -176,7 +178,8 @@ impl Run<'_> {
             }
             (Running, Input::Signal { event, payload, actor }) => self.signal(event, payload, &actor),
             (Compensating | Suspended | Completed | Compensated | Terminated, Input::Signal { event, actor, .. }) => {
-                self.refuse_signal(&event, &actor, "unexpected", format!("the saga is {}", state.as_str()));
+                let reason = self.spent_signal(&event).unwrap_or("unexpected");
+                self.refuse_signal(&event, &actor, reason, format!("the saga is {}", state.as_str()));
             }
             (Running, Input::Cancel { actor, reason }) => {
                 self.record(Rec::new("cancel_requested").actor(&actor).reason(reason.clone()));
@@ -700,6 +703,26 @@ impl Run<'_> {
                 .data(json!({ "event": event, "detail": words })),
         );
         self.refuse(words);
+    }
+
+    /// What the awaits naming `event` say of a signal for it once the saga has stopped going
+    /// forward: `late` if one of them lapsed, `duplicate` if the event was delivered (or kept
+    /// early). PROTOCOL.md §2 defines these reasons whatever the saga's state.
+    fn spent_signal(&self, event: &str) -> Option<&'static str> {
+        let awaits: Vec<&Step> = (0..self.leaves.len())
+            .filter(|&i| {
+                matches!(&self.leaves[i].leaf.action, Action::Await { event: e, .. } if e == event)
+            })
+            .map(|i| &self.saga.steps[i])
+            .collect();
+        let delivered = awaits.iter().any(|s| s.output.is_some());
+        if awaits.iter().any(|s| s.state == StepState::TimedOut) {
+            Some("late")
+        } else if delivered || self.saga.early_signals.contains_key(event) {
+            Some("duplicate")
+        } else {
+            None
+        }
     }
 
     fn signal(&mut self, event: String, payload: Value, actor: &str) {

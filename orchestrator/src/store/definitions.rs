@@ -32,7 +32,10 @@ pub async fn lock_name(conn: &mut PgConnection, name: &str) -> Result<(), StoreE
     Ok(())
 }
 
-pub async fn latest(conn: &mut PgConnection, name: &str) -> Result<Option<StoredDefinition>, StoreError> {
+pub async fn latest(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<StoredDefinition>, StoreError> {
     let row = sqlx::query(
         "SELECT name, version, created_at, document FROM definitions
          WHERE name = $1 ORDER BY version DESC LIMIT 1",
@@ -43,7 +46,11 @@ pub async fn latest(conn: &mut PgConnection, name: &str) -> Result<Option<Stored
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
-pub async fn get(conn: &mut PgConnection, name: &str, version: i32) -> Result<Option<StoredDefinition>, StoreError> {
+pub async fn get(
+    conn: &mut PgConnection,
+    name: &str,
+    version: i32,
+) -> Result<Option<StoredDefinition>, StoreError> {
     let row = sqlx::query(
         "SELECT name, version, created_at, document FROM definitions WHERE name = $1 AND version = $2",
     )
@@ -85,5 +92,7 @@ pub async fn list_latest(conn: &mut PgConnection) -> Result<Vec<StoredDefinition
 
 /// Every version's document (to declare the task queues of all of them at start).
 pub async fn all_documents(conn: &mut PgConnection) -> Result<Vec<Value>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT document FROM definitions").fetch_all(conn).await?)
+    Ok(sqlx::query_scalar("SELECT document FROM definitions")
+        .fetch_all(conn)
+        .await?)
 }

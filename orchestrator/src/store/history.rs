@@ -23,7 +23,11 @@ pub struct HistoryEntry {
     pub data: Value,
 }
 
-pub async fn insert(conn: &mut PgConnection, saga: Uuid, entries: &[Entry]) -> Result<(), StoreError> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    saga: Uuid,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }

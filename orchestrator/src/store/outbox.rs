@@ -117,7 +117,8 @@ pub async fn claim(
                     message_type: r.try_get("message_type")?,
                     reply_to: r.try_get("reply_to")?,
                     body: r.try_get("body")?,
-                    attempt_timeout: timeout.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
+                    attempt_timeout: timeout
+                        .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
                     command_id: r.try_get("command_id")?,
                 },
             })
@@ -146,9 +147,14 @@ pub async fn published(
 }
 
 /// Whether the saga has messages that were never published, and since when.
-pub async fn oldest_unpublished(conn: &mut PgConnection, saga: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE saga_id = $1")
-        .bind(saga)
-        .fetch_one(conn)
-        .await?)
+pub async fn oldest_unpublished(
+    conn: &mut PgConnection,
+    saga: Uuid,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE saga_id = $1")
+            .bind(saga)
+            .fetch_one(conn)
+            .await?,
+    )
 }

@@ -15,12 +15,14 @@ const COLUMNS: &str = "id, definition, version, state, revision, input, output, 
 fn decode(row: &PgRow) -> Result<Saga, StoreError> {
     let state: String = row.try_get("state")?;
     let json = |col: &str| -> Result<Value, StoreError> { Ok(row.try_get::<Value, _>(col)?) };
-    let corrupt = |col: &str, e: serde_json::Error| StoreError::Corrupt(format!("sagas.{col}: {e}"));
+    let corrupt =
+        |col: &str, e: serde_json::Error| StoreError::Corrupt(format!("sagas.{col}: {e}"));
     Ok(Saga {
         id: row.try_get("id")?,
         definition: row.try_get("definition")?,
         version: row.try_get("version")?,
-        state: SagaState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("saga state {state}")))?,
+        state: SagaState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("saga state {state}")))?,
         revision: row.try_get("revision")?,
         input: json("input")?,
         output: row.try_get("output")?,
@@ -30,7 +32,8 @@ fn decode(row: &PgRow) -> Result<Saga, StoreError> {
             .transpose()
             .map_err(|e| corrupt("failure", e))?,
         steps: serde_json::from_value(json("steps")?).map_err(|e| corrupt("steps", e))?,
-        early_signals: serde_json::from_value(json("early_signals")?).map_err(|e| corrupt("early_signals", e))?,
+        early_signals: serde_json::from_value(json("early_signals")?)
+            .map_err(|e| corrupt("early_signals", e))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         deadline: row.try_get("deadline")?,
@@ -51,7 +54,11 @@ pub struct Idempotency {
     pub request: Value,
 }
 
-pub async fn insert(conn: &mut PgConnection, saga: &Saga, idem: Option<&Idempotency>) -> Result<(), StoreError> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    saga: &Saga,
+    idem: Option<&Idempotency>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sagas (id, definition, version, state, revision, input, output, failure, steps,
              early_signals, created_at, updated_at, deadline, wait_until, history_seq,
@@ -104,12 +111,16 @@ pub async fn update(conn: &mut PgConnection, saga: &Saga) -> Result<(), StoreErr
 }
 
 /// Loads a saga and locks its row until the transaction ends, with the database's clock.
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<(Saga, DateTime<Utc>)>, StoreError> {
+pub async fn lock(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Saga, DateTime<Utc>)>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE id = $1 FOR UPDATE"
     ));
     let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
-    row.map(|r| Ok((decode(&r)?, r.try_get("db_now")?))).transpose()
+    row.map(|r| Ok((decode(&r)?, r.try_get("db_now")?)))
+        .transpose()
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Saga>, StoreError> {
@@ -119,24 +130,37 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Saga>, Stor
 }
 
 /// The saga started with this idempotency key, with the request it was started by.
-pub async fn by_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<Option<(Saga, Value)>, StoreError> {
+pub async fn by_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<Option<(Saga, Value)>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, request_digest FROM sagas WHERE idempotency_key = $1"
     ));
     let row = sqlx::query(sql).bind(key).fetch_optional(conn).await?;
-    row.map(|r| Ok((decode(&r)?, r.try_get("request_digest")?))).transpose()
+    row.map(|r| Ok((decode(&r)?, r.try_get("request_digest")?)))
+        .transpose()
 }
 
 /// Holds off a concurrent start with the same key until this transaction ends; false if another
 /// transaction holds it now (that request is still being processed).
-pub async fn try_lock_idempotency_key(conn: &mut PgConnection, key: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('start:' || $1, 0))")
-        .bind(key)
-        .fetch_one(conn)
-        .await?)
+pub async fn try_lock_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('start:' || $1, 0))")
+            .bind(key)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
-pub async fn insert_commands(conn: &mut PgConnection, saga: Uuid, commands: &[Uuid]) -> Result<(), StoreError> {
+pub async fn insert_commands(
+    conn: &mut PgConnection,
+    saga: Uuid,
+    commands: &[Uuid],
+) -> Result<(), StoreError> {
     if commands.is_empty() {
         return Ok(());
     }
@@ -148,11 +172,16 @@ pub async fn insert_commands(conn: &mut PgConnection, saga: Uuid, commands: &[Uu
     Ok(())
 }
 
-pub async fn saga_of_command(conn: &mut PgConnection, command: Uuid) -> Result<Option<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT saga_id FROM commands WHERE command_id = $1")
-        .bind(command)
-        .fetch_optional(conn)
-        .await?)
+pub async fn saga_of_command(
+    conn: &mut PgConnection,
+    command: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT saga_id FROM commands WHERE command_id = $1")
+            .bind(command)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// Filters of `GET /v1/sagas`.
@@ -205,5 +234,7 @@ pub async fn list(
 }
 
 pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(conn).await?)
+    Ok(sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(conn)
+        .await?)
 }

@@ -14,12 +14,17 @@ pub struct DueTimer {
 }
 
 /// Arms (or re-arms) timers: `(saga, key, fire_at)`.
-pub async fn schedule(conn: &mut PgConnection, timers: &[(Uuid, String, DateTime<Utc>)]) -> Result<(), StoreError> {
+pub async fn schedule(
+    conn: &mut PgConnection,
+    timers: &[(Uuid, String, DateTime<Utc>)],
+) -> Result<(), StoreError> {
     if timers.is_empty() {
         return Ok(());
     }
-    let (sagas, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) =
-        timers.iter().map(|(s, k, at)| (*s, (k.clone(), *at))).unzip();
+    let (sagas, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) = timers
+        .iter()
+        .map(|(s, k, at)| (*s, (k.clone(), *at)))
+        .unzip();
     let (keys, ats): (Vec<String>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
     sqlx::query(
         "INSERT INTO timers (saga_id, key, fire_at)
@@ -34,7 +39,11 @@ pub async fn schedule(conn: &mut PgConnection, timers: &[(Uuid, String, DateTime
     Ok(())
 }
 
-pub async fn cancel(conn: &mut PgConnection, saga: Uuid, keys: &[String]) -> Result<(), StoreError> {
+pub async fn cancel(
+    conn: &mut PgConnection,
+    saga: Uuid,
+    keys: &[String],
+) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -83,7 +92,9 @@ pub async fn take_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueTime
 }
 
 /// How long until the next timer is due, by the database's clock (None: no timer at all).
-pub async fn next_due_in(conn: &mut PgConnection) -> Result<Option<std::time::Duration>, StoreError> {
+pub async fn next_due_in(
+    conn: &mut PgConnection,
+) -> Result<Option<std::time::Duration>, StoreError> {
     let secs: Option<f64> = sqlx::query_scalar(
         "SELECT GREATEST(EXTRACT(EPOCH FROM (MIN(fire_at) - now())), 0)::float8 FROM timers",
     )
