@@ -28,9 +28,9 @@
 //! that succeeded or whose last attempt timed out is compensated, stage by stage in reverse.
 
 mod effects;
-mod state;
 #[cfg(test)]
 mod proptests;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -147,10 +147,19 @@ impl Run<'_> {
         let state = self.saga.state;
         match (state, input) {
             (Running, Input::Start { actor }) if self.saga.history_seq == 0 => self.start(&actor),
-            (Running | Compensating | Suspended | Completed | Compensated | Terminated, Input::Start { .. }) => {
+            (
+                Running | Compensating | Suspended | Completed | Compensated | Terminated,
+                Input::Start { .. },
+            ) => {
                 self.verdict = Verdict::Ignored;
             }
-            (_, Input::Reply { command_id, outcome }) => self.reply(command_id, outcome),
+            (
+                _,
+                Input::Reply {
+                    command_id,
+                    outcome,
+                },
+            ) => self.reply(command_id, outcome),
             (_, Input::MalformedReply { command_id, reason }) => {
                 self.ignore_reply(command_id, "malformed", json!({ "error": reason }));
             }
@@ -165,35 +174,76 @@ impl Run<'_> {
                 self.verdict = Verdict::Ignored;
             }
             (Running, Input::AwaitLapsed { step }) => self.await_lapsed(step),
-            (Compensating | Suspended | Completed | Compensated | Terminated, Input::AwaitLapsed { .. }) => {
+            (
+                Compensating | Suspended | Completed | Compensated | Terminated,
+                Input::AwaitLapsed { .. },
+            ) => {
                 self.verdict = Verdict::Ignored;
             }
             (Running, Input::DeadlinePassed) => {
                 self.record(Rec::new("deadline_passed"));
                 let step = self.first_running_step();
-                self.leave_forward(step, "deadline_exceeded", "the saga's deadline passed".into());
+                self.leave_forward(
+                    step,
+                    "deadline_exceeded",
+                    "the saga's deadline passed".into(),
+                );
             }
-            (Compensating | Suspended | Completed | Compensated | Terminated, Input::DeadlinePassed) => {
+            (
+                Compensating | Suspended | Completed | Compensated | Terminated,
+                Input::DeadlinePassed,
+            ) => {
                 self.verdict = Verdict::Ignored;
             }
-            (Running, Input::Signal { event, payload, actor }) => self.signal(event, payload, &actor),
-            (Compensating | Suspended | Completed | Compensated | Terminated, Input::Signal { event, actor, .. }) => {
+            (
+                Running,
+                Input::Signal {
+                    event,
+                    payload,
+                    actor,
+                },
+            ) => self.signal(event, payload, &actor),
+            (
+                Compensating | Suspended | Completed | Compensated | Terminated,
+                Input::Signal { event, actor, .. },
+            ) => {
                 let reason = self.spent_signal(&event).unwrap_or("unexpected");
-                self.refuse_signal(&event, &actor, reason, format!("the saga is {}", state.as_str()));
+                self.refuse_signal(
+                    &event,
+                    &actor,
+                    reason,
+                    format!("the saga is {}", state.as_str()),
+                );
             }
             (Running, Input::Cancel { actor, reason }) => {
-                self.record(Rec::new("cancel_requested").actor(&actor).reason(reason.clone()));
+                self.record(
+                    Rec::new("cancel_requested")
+                        .actor(&actor)
+                        .reason(reason.clone()),
+                );
                 let step = self.first_running_step();
                 let message = reason.unwrap_or_else(|| "cancelled".into());
                 self.leave_forward(step, "cancelled", message);
             }
-            (Compensating | Suspended | Completed | Compensated | Terminated, Input::Cancel { .. }) => {
-                self.refuse(format!("only a running saga can be cancelled; this one is {}", state.as_str()));
+            (
+                Compensating | Suspended | Completed | Compensated | Terminated,
+                Input::Cancel { .. },
+            ) => {
+                self.refuse(format!(
+                    "only a running saga can be cancelled; this one is {}",
+                    state.as_str()
+                ));
             }
             (Suspended, Input::Retry { actor, reason }) => self.operator_retry(&actor, reason),
             (Suspended, Input::Skip { actor, reason }) => self.operator_skip(&actor, reason),
-            (Running | Compensating | Completed | Compensated | Terminated, Input::Retry { .. } | Input::Skip { .. }) => {
-                self.refuse(format!("only a suspended saga can be retried or skipped; this one is {}", state.as_str()));
+            (
+                Running | Compensating | Completed | Compensated | Terminated,
+                Input::Retry { .. } | Input::Skip { .. },
+            ) => {
+                self.refuse(format!(
+                    "only a suspended saga can be retried or skipped; this one is {}",
+                    state.as_str()
+                ));
             }
             (Running | Compensating | Suspended, Input::Terminate { actor, reason }) => {
                 self.terminate(&actor, reason);
@@ -402,11 +452,16 @@ impl Run<'_> {
             timer: Timer::Backoff { step },
             at,
         });
-        self.record(Rec::new("retry_scheduled").step(step).attempt(next).data(json!({
-            "kind": kind.as_str(),
-            "at": at,
-            "backoff": humantime::format_duration(wait).to_string(),
-        })));
+        self.record(
+            Rec::new("retry_scheduled")
+                .step(step)
+                .attempt(next)
+                .data(json!({
+                    "kind": kind.as_str(),
+                    "at": at,
+                    "backoff": humantime::format_duration(wait).to_string(),
+                })),
+        );
         true
     }
 
@@ -418,7 +473,8 @@ impl Run<'_> {
             s.out = None;
             s.wait_until = None;
         }
-        self.effects.push(Effect::Cancel(Timer::Attempt { command_id: c.id }));
+        self.effects
+            .push(Effect::Cancel(Timer::Attempt { command_id: c.id }));
         c
     }
 
@@ -429,7 +485,8 @@ impl Run<'_> {
             && let Some(c) = s.commands.iter_mut().find(|c| c.id == out)
         {
             c.fate = CommandFate::Superseded;
-            self.effects.push(Effect::Cancel(Timer::Attempt { command_id: out }));
+            self.effects
+                .push(Effect::Cancel(Timer::Attempt { command_id: out }));
         }
         if s.retry_at.take().is_some() {
             self.effects.push(Effect::Cancel(Timer::Backoff { step }));
@@ -443,7 +500,11 @@ impl Run<'_> {
         s.state = StepState::Succeeded;
         s.output = Some(output.clone());
         s.finished_at = Some(self.now);
-        self.record(Rec::new("step_succeeded").step(step).data(json!({ "output": output })));
+        self.record(
+            Rec::new("step_succeeded")
+                .step(step)
+                .data(json!({ "output": output })),
+        );
     }
 
     /// The step failed for good, with `code`; leaves the forward path if the saga was on it.
@@ -486,7 +547,8 @@ impl Run<'_> {
                     s.state = StepState::Skipped;
                     s.wait_until = None;
                     s.finished_at = Some(self.now);
-                    self.effects.push(Effect::Cancel(Timer::AwaitDeadline { step: i }));
+                    self.effects
+                        .push(Effect::Cancel(Timer::AwaitDeadline { step: i }));
                 }
                 Action::Task(_) => {
                     // A retry was waiting: the step ends with its last attempt's outcome.
@@ -497,7 +559,20 @@ impl Run<'_> {
                     };
                     s.retry_at = None;
                     s.finished_at = Some(self.now);
-                    self.effects.push(Effect::Cancel(Timer::Backoff { step: i }));
+                    let (code, message) = match (&s.error, s.last_timed_out) {
+                        (Some(e), false) => (e.code.clone(), e.message.clone()),
+                        _ => (
+                            "timed_out".to_owned(),
+                            "its last attempt ran out of time".to_owned(),
+                        ),
+                    };
+                    self.effects
+                        .push(Effect::Cancel(Timer::Backoff { step: i }));
+                    self.record(Rec::new("step_failed").step(i).data(json!({
+                        "code": code,
+                        "message": message,
+                        "retry_cancelled": true,
+                    })));
                 }
             }
         }
@@ -567,7 +642,13 @@ impl Run<'_> {
             CommandFate::Replied => Some("duplicate"),
             _ if !deciding => Some(match c.fate {
                 CommandFate::TimedOut => "late",
-                _ if s.commands.iter().any(|o| o.kind == c.kind && o.attempt > c.attempt) => "late",
+                _ if s
+                    .commands
+                    .iter()
+                    .any(|o| o.kind == c.kind && o.attempt > c.attempt) =>
+                {
+                    "late"
+                }
                 _ => "unexpected",
             }),
             // An ok for an earlier attempt of a step still deciding counts as its success.
@@ -575,14 +656,18 @@ impl Run<'_> {
             _ => Some("late"),
         };
         if let Some(reason) = reason {
-            if c.fate == CommandFate::Out || c.fate == CommandFate::Superseded {
-                self.saga.steps[step].commands[idx].fate = CommandFate::Replied;
-            }
+            // From now on a copy of this reply is a duplicate.
+            self.saga.steps[step].commands[idx].fate = CommandFate::Replied;
             self.ignore_reply(command_id, reason, summary);
             return;
         }
         let c = self.settle_command(step, idx, CommandFate::Replied);
-        self.record(Rec::new("reply_received").step(step).command(&c).data(summary));
+        self.record(
+            Rec::new("reply_received")
+                .step(step)
+                .command(&c)
+                .data(summary),
+        );
         match (c.kind, outcome) {
             (CommandKind::Do, Outcome::Ok(output)) => self.step_succeeded(step, output),
             (CommandKind::Do, Outcome::Error(e)) => {
@@ -730,15 +815,22 @@ impl Run<'_> {
             .filter(|&i| matches!(&self.leaves[i].leaf.action, Action::Await { event: e, .. } if *e == event))
             .collect();
         if awaits.is_empty() {
-            let words = format!("no await step of `{}` names the event `{event}`", self.saga.definition);
+            let words = format!(
+                "no await step of `{}` names the event `{event}`",
+                self.saga.definition
+            );
             return self.refuse_signal(&event, actor, "unexpected", words);
         }
-        let waiting = awaits
-            .iter()
-            .copied()
-            .find(|&i| matches!(self.saga.steps[i].state, StepState::Running | StepState::Pending));
+        let waiting = awaits.iter().copied().find(|&i| {
+            matches!(
+                self.saga.steps[i].state,
+                StepState::Running | StepState::Pending
+            )
+        });
         let Some(step) = waiting else {
-            let lapsed = awaits.iter().any(|&i| self.saga.steps[i].state == StepState::TimedOut);
+            let lapsed = awaits
+                .iter()
+                .any(|&i| self.saga.steps[i].state == StepState::TimedOut);
             let (reason, words) = if lapsed {
                 ("late", format!("the await for `{event}` has lapsed"))
             } else {
@@ -766,7 +858,8 @@ impl Run<'_> {
                 .actor(actor)
                 .data(json!({ "event": event, "payload": payload, "early": false })),
         );
-        self.effects.push(Effect::Cancel(Timer::AwaitDeadline { step }));
+        self.effects
+            .push(Effect::Cancel(Timer::AwaitDeadline { step }));
         self.step_succeeded(step, payload);
     }
 
@@ -796,7 +889,11 @@ impl Run<'_> {
     }
 
     fn terminate(&mut self, actor: &str, reason: String) {
-        self.record(Rec::new("operator_terminate").actor(actor).reason(Some(reason.clone())));
+        self.record(
+            Rec::new("operator_terminate")
+                .actor(actor)
+                .reason(Some(reason.clone())),
+        );
         if self.saga.failure.is_none() {
             self.saga.failure = Some(Failure {
                 step: None,
@@ -946,7 +1043,16 @@ fn visible(saga: &Saga) -> impl PartialEq + '_ {
         &saga.output,
         saga.steps
             .iter()
-            .map(|s| (s.state, s.attempts, &s.output, &s.error, s.started_at, s.finished_at))
+            .map(|s| {
+                (
+                    s.state,
+                    s.attempts,
+                    &s.output,
+                    &s.error,
+                    s.started_at,
+                    s.finished_at,
+                )
+            })
             .collect::<Vec<_>>(),
     )
 }
