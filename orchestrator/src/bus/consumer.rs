@@ -1,0 +1,269 @@
+//! What the three consumers share: manual acks, bounded concurrency, settling a delivery (ack, or
+//! dead-letter then ack, or leave it to the broker), retrying while Postgres is away, and a
+//! graceful stop.
+//!
+//! A delivery is acknowledged only after the engine's transaction committed (`engine.*` returning
+//! `Ok` means it did), or after it was dead-lettered under confirms. While Postgres is unreachable
+//! a delivery is neither acked nor nacked: its handler retries with backoff and holds its permit,
+//! so consumption pauses instead of spinning through nack and redelivery.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::{Channel, Consumer};
+use saga_wire::{EVENTS_DLQ, EVENTS_INBOX, REPLIES_DLQ, REPLIES_QUEUE, START_DLQ, START_QUEUE};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use super::session::Session;
+use super::{BACKOFF_MIN, clip, deadletter, events, next_backoff, replies, starts, timed};
+use crate::engine::{Engine, EngineError};
+use crate::store::StoreError;
+
+/// At most this many start or event messages are applied at once (replies use the configured
+/// reply concurrency): starts and signals are rarer, and each holds a Postgres connection.
+const INBOX_CONCURRENCY: u16 = 8;
+
+/// The queues the orchestrator consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Replies,
+    Starts,
+    Events,
+}
+
+impl Kind {
+    pub(super) const ALL: [Kind; 3] = [Kind::Replies, Kind::Starts, Kind::Events];
+
+    pub(super) fn queue(self) -> &'static str {
+        match self {
+            Kind::Replies => REPLIES_QUEUE,
+            Kind::Starts => START_QUEUE,
+            Kind::Events => EVENTS_INBOX,
+        }
+    }
+
+    pub(super) fn dlq(self) -> &'static str {
+        match self {
+            Kind::Replies => REPLIES_DLQ,
+            Kind::Starts => START_DLQ,
+            Kind::Events => EVENTS_DLQ,
+        }
+    }
+
+    /// Prefetch, and deliveries applied at once.
+    pub(super) fn concurrency(self, reply_concurrency: u16) -> u16 {
+        match self {
+            Kind::Replies => reply_concurrency.max(1),
+            Kind::Starts | Kind::Events => reply_concurrency.clamp(1, INBOX_CONCURRENCY),
+        }
+    }
+}
+
+/// What becomes of a delivery once its handler is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Applied and committed (or a duplicate): ack.
+    Ack,
+    /// Unusable: publish it to the queue's DLQ with this reason, then ack.
+    DeadLetter(String),
+    /// Stopping (shutdown, or the connection is lost) before it could be applied: neither ack nor
+    /// nack; the broker redelivers it when the channel closes.
+    Leave,
+}
+
+/// What a handler needs.
+pub(super) struct Ctx {
+    pub(super) engine: Engine,
+    pub(super) session: Arc<Session>,
+    /// A confirming channel for dead letters, shared by the consumers.
+    pub(super) dead_letters: Channel,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// Runs `op` until it succeeds or fails for good, retrying (100 ms doubling to 5 s) while the
+    /// failure is transient: Postgres unreachable, a transaction rolled back by a deadlock or a
+    /// serialization failure, a start whose idempotency key another request holds now. `None`
+    /// when the bus stops first.
+    pub(super) async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+    ) -> Option<Result<T, EngineError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, EngineError>>,
+    {
+        let mut delay = BACKOFF_MIN;
+        let mut failures = 0u32;
+        loop {
+            match op().await {
+                Err(e) if is_transient(&e) => {
+                    failures += 1;
+                    if failures == 1 && !matches!(e, EngineError::KeyInProgress) {
+                        warn!(error = %e, "cannot {what} now; holding the message and retrying");
+                    } else {
+                        debug!(error = %e, retry_in = ?delay, "cannot {what} now; retrying");
+                    }
+                }
+                done => return Some(done),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = self.session.lost().cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = next_backoff(delay);
+        }
+    }
+}
+
+/// Errors worth waiting out rather than dead-lettering the message for.
+fn is_transient(e: &EngineError) -> bool {
+    match e {
+        EngineError::KeyInProgress => true,
+        EngineError::Store(s) => s.is_unavailable() || is_rolled_back(s),
+        _ => false,
+    }
+}
+
+/// SQLSTATE class 40: the transaction was rolled back (deadlock, serialization failure) and may
+/// simply be run again.
+fn is_rolled_back(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(e) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c.starts_with("40")),
+        StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+    }
+}
+
+/// Consumes until shutdown or until the session is lost; then waits for the deliveries in
+/// flight. On shutdown it cancels the consumer first, so that the broker sends no more.
+pub(super) async fn run(
+    kind: Kind,
+    ctx: Arc<Ctx>,
+    channel: Channel,
+    mut consumer: Consumer,
+    concurrency: u16,
+) {
+    let permits = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
+    let in_flight = TaskTracker::new();
+    let lost = ctx.session.lost().clone();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            _ = lost.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            _ = lost.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                in_flight.spawn(handle(kind, ctx.clone(), delivery, permit));
+            }
+            Some(Err(e)) => {
+                ctx.session
+                    .lose(format!("the consumer of {} failed: {e}", kind.queue()));
+                break;
+            }
+            None => {
+                ctx.session.lose(format!(
+                    "the broker cancelled the consumer of {}",
+                    kind.queue()
+                ));
+                break;
+            }
+        }
+    }
+    if !lost.is_cancelled() {
+        // Shutdown: no new deliveries; those prefetched and not taken go back to the queue when
+        // the channel closes.
+        let tag = consumer.tag();
+        if let Err(e) = timed(
+            format!("cancelling the consumer of {}", kind.queue()),
+            channel.basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await
+        {
+            debug!(error = %e, "cancelling a consumer");
+        }
+    }
+    in_flight.close();
+    in_flight.wait().await;
+}
+
+async fn handle(kind: Kind, ctx: Arc<Ctx>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    let span = info_span!(
+        "delivery",
+        queue = kind.queue(),
+        delivery_tag = delivery.delivery_tag,
+        saga.id = field::Empty,
+        command.id = field::Empty,
+    );
+    async {
+        debug!(
+            redelivered = delivery.redelivered,
+            body = %clip(&String::from_utf8_lossy(&delivery.data), 2048),
+            "received a message"
+        );
+        let disposition = match kind {
+            Kind::Replies => replies::handle(&ctx, &delivery).await,
+            Kind::Starts => starts::handle(&ctx, &delivery).await,
+            Kind::Events => events::handle(&ctx, &delivery).await,
+        };
+        settle(kind, &ctx, &delivery, disposition).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn settle(kind: Kind, ctx: &Ctx, delivery: &Delivery, disposition: Disposition) {
+    match disposition {
+        Disposition::Ack => ack(ctx, delivery).await,
+        Disposition::DeadLetter(reason) => {
+            match deadletter::publish(&ctx.dead_letters, kind.dlq(), delivery, &reason).await {
+                Ok(()) => {
+                    warn!(%reason, dlq = kind.dlq(), "dead-lettered a message");
+                    ack(ctx, delivery).await;
+                }
+                Err(e) => {
+                    // Left unacked: redelivered on the next connection, whose declares recreate
+                    // a missing DLQ.
+                    ctx.session
+                        .lose(format!("cannot dead-letter to {}: {e}", kind.dlq()));
+                }
+            }
+        }
+        Disposition::Leave => debug!("stopping: left the message to the broker"),
+    }
+}
+
+async fn ack(ctx: &Ctx, delivery: &Delivery) {
+    match timed(
+        "acknowledging a delivery",
+        delivery.acker.ack(BasicAckOptions::default()),
+    )
+    .await
+    {
+        Ok(true) => {}
+        // The channel closed under it: the broker redelivers the message, and the engine sees the
+        // second copy as a duplicate.
+        Ok(false) => debug!("the delivery can no longer be acknowledged (its channel closed)"),
+        Err(e) => ctx.session.lose(e.to_string()),
+    }
+}

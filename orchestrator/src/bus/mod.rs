@@ -1,0 +1,220 @@
+//! RabbitMQ (PROTOCOL.md §3): the topology, the outbox relay, and the consumers of `saga.replies`,
+//! `saga.start` and `saga.events.inbox`.
+//!
+//! The bus turns deliveries into engine inputs and committed outbox rows into publishes; it decides
+//! nothing. What it must never do: acknowledge a delivery before the transaction that applied it
+//! committed; publish anything but committed outbox rows (and dead letters); delete an outbox row
+//! the broker has not confirmed as routed; crash, or stop consuming, on any input.
+//!
+//! # Connections
+//!
+//! [`Bus::run`] owns the reconnect loop (lapin's own recovery is not trusted, CRATES.md). Each
+//! connection is a *session* ([`session`]): it declares the topology, opens its channels, marks the
+//! bus ready, and runs the relay and the three consumers until shutdown or until anything reports
+//! the connection lost — a connection error event, a consumer stream that fails or is cancelled by
+//! the broker, a channel operation that fails. Then every task of the session stops, the bus is no
+//! longer ready, and the loop connects again, backing off from 100 ms to 5 s by doubling.
+//! Deliveries that were not acknowledged are redelivered by the broker; outbox rows whose publish
+//! was not confirmed stay in the outbox and are published again (same `message_id` and command id:
+//! workers deduplicate).
+//!
+//! # Queues: classic and durable, without arguments
+//!
+//! Every queue is declared as a *classic* durable queue with no arguments (docs/decisions/0002).
+//! On one node that is the fastest durable choice, and a classic queue has no delivery limit, so
+//! a connection that flaps while replies are in flight can never dead-letter good replies (on a
+//! quorum queue each dropped delivery counts toward `x-delivery-limit`). Dead-lettering is done by
+//! the orchestrator itself (publish to the DLQ with `x-saga-error`, then ack), not by the broker,
+//! so that the reason travels with the message.
+//!
+//! On a cluster, declare the queues as quorum queues instead: add `x-queue-type: quorum` to the
+//! arguments in [`topology`] (and a generous `x-delivery-limit` on `saga.replies`). A queue's type
+//! cannot change once declared: existing classic queues must be drained and deleted (or migrated
+//! with a shovel) first, or the declare fails with `PRECONDITION_FAILED` and the bus never gets
+//! ready — which it logs as an error.
+
+mod consumer;
+mod deadletter;
+mod events;
+mod relay;
+mod replies;
+mod session;
+mod starts;
+mod topology;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Connection;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+
+/// How long one broker operation (connect, open a channel, declare, publish, ack) may take.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay waits for the confirms of a batch it published.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between reconnects, and between retries while Postgres is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("RabbitMQ refused {what}: {source}")]
+    Amqp {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ did not answer {0} in time")]
+    Timeout(String),
+    #[error("{0}")]
+    Unconfirmed(String),
+    #[error("`{0}` is not a valid AMQP name (longer than 255 bytes)")]
+    Name(String),
+}
+
+/// The orchestrator's side of RabbitMQ. Cheap to clone; [`Bus::run`] drives it.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    reply_concurrency: u16,
+    ready: AtomicBool,
+    /// The connection of the session that is up, for declares made from outside (the API).
+    current: Mutex<Option<Arc<Connection>>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never shown.
+        f.debug_struct("Bus")
+            .field("ready", &self.is_ready())
+            .field("reply_concurrency", &self.inner.reply_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    pub fn new(amqp_url: String, reply_concurrency: u16) -> Bus {
+        Bus {
+            inner: Arc::new(Inner {
+                url: amqp_url,
+                reply_concurrency: reply_concurrency.max(1),
+                ready: AtomicBool::new(false),
+                current: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Runs until `shutdown` fires: connects (with backoff, forever), declares the topology (base
+    /// and the task queues of every registered definition), marks itself ready, runs the outbox
+    /// relay and the consumers; on any connection loss marks itself not ready and reconnects. On
+    /// shutdown: stops consuming, finishes in-flight deliveries (acks what committed), finishes the
+    /// relay's current batch, closes the channels and the connection.
+    pub async fn run(self, engine: Engine, shutdown: CancellationToken) {
+        session::run_forever(self, engine, shutdown).await;
+    }
+
+    /// Declares `saga.task.T` (durable, bound to `saga.commands` with key `T`) for each name; used
+    /// by `POST /v1/definitions` before it answers. Errors if the broker is not connected now.
+    pub async fn declare_task_queues(&self, names: &[String]) -> Result<(), BusError> {
+        let conn = self.connection().ok_or(BusError::NotConnected)?;
+        topology::declare_task_queues(&conn, names).await
+    }
+
+    /// Connected and topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    fn connection(&self) -> Option<Arc<Connection>> {
+        let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.clone().filter(|c| c.status().connected())
+    }
+
+    fn mark_up(&self, conn: &Arc<Connection>) {
+        *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        self.inner.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The session of `conn` ended (or is ending): not ready until the next one is up.
+    fn mark_down(&self, conn: &Arc<Connection>) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+            self.inner.ready.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs a broker operation with [`OP_TIMEOUT`], naming it in the error.
+async fn timed<T>(
+    what: impl Into<String>,
+    op: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(BusError::Amqp {
+            what: what.into(),
+            source,
+        }),
+        Err(_) => Err(BusError::Timeout(what.into())),
+    }
+}
+
+/// The next delay of a 100 ms → 5 s doubling backoff.
+fn next_backoff(delay: Duration) -> Duration {
+    (delay * 2).min(BACKOFF_MAX)
+}
+
+/// Shortens text taken from a message (for reasons and logs): at most `max` characters.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// The JSON pointer of the first string (or key) in `value` that holds a NUL character, which
+/// Postgres refuses in `jsonb` and `text`: such a message is refused at the edge, never a 500.
+fn find_nul(value: &serde_json::Value, pointer: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(pointer.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, &format!("{pointer}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = format!("{pointer}/{}", escape_pointer(k));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(v, &here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Escapes one JSON pointer segment (RFC 6901); a NUL is shown as `\u0000`.
+fn escape_pointer(segment: &str) -> String {
+    segment
+        .replace('~', "~0")
+        .replace('/', "~1")
+        .replace('\0', "\\u0000")
+}
