@@ -28,7 +28,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the database is unreachable (as opposed to refusing a statement).
+    /// Whether trying again later may succeed: the database is unreachable or restarting, or the
+    /// transaction lost a deadlock or a serialization conflict (SQLSTATE classes 08, 57P, 40).
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Db(e) => {
@@ -43,7 +44,9 @@ impl StoreError {
                 ) || e
                     .as_database_error()
                     .and_then(|d| d.code())
-                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+                    .is_some_and(|c| {
+                        c.starts_with("57P") || c.starts_with("08") || c.starts_with("40")
+                    })
             }
             StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
         }
