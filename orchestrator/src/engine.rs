@@ -141,29 +141,36 @@ impl Engine {
         let def = parse_definition(document).map_err(EngineError::InvalidDefinition)?;
         tracing::Span::current().record("definition", def.name.as_str());
         let normalised = def.to_document();
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
-        store::definitions::lock_name(&mut tx, &def.name).await?;
-        let latest = store::definitions::latest(&mut tx, &def.name).await?;
-        if let Some(latest) = latest.filter(|l| l.document == normalised) {
-            declare(def.task_names())
-                .await
-                .map_err(EngineError::Topology)?;
-            return Ok(Registered {
-                definition: latest,
-                created: false,
-            });
+        let registered = self
+            .transaction(async |tx| {
+                store::definitions::lock_name(tx, &def.name).await?;
+                let latest = store::definitions::latest(tx, &def.name).await?;
+                let (definition, created) = match latest {
+                    Some(latest) if latest.document == normalised => (latest, false),
+                    latest => {
+                        let version = latest.map_or(0, |l| l.version) + 1;
+                        let stored =
+                            store::definitions::insert(tx, &def.name, version, &normalised).await?;
+                        (stored, true)
+                    }
+                };
+                // Before the commit: a definition is never visible without its queues.
+                declare(def.task_names())
+                    .await
+                    .map_err(EngineError::Topology)?;
+                Ok(Registered {
+                    definition,
+                    created,
+                })
+            })
+            .await?;
+        if registered.created {
+            tracing::info!(
+                version = registered.definition.version,
+                "registered a definition"
+            );
         }
-        let version = latest_version(&mut tx, &def.name).await? + 1;
-        let stored = store::definitions::insert(&mut tx, &def.name, version, &normalised).await?;
-        declare(def.task_names())
-            .await
-            .map_err(EngineError::Topology)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(version, "registered a definition");
-        Ok(Registered {
-            definition: stored,
-            created: true,
-        })
+        Ok(registered)
     }
 
     pub async fn list_definitions(&self) -> Result<Vec<StoredDefinition>, EngineError> {
@@ -230,28 +237,44 @@ impl Engine {
 
     #[tracing::instrument(skip_all, fields(definition = %req.definition, saga.id = tracing::field::Empty))]
     pub async fn start(&self, req: StartRequest) -> Result<Started, EngineError> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        let started = self
+            .transaction(async |tx| self.start_in(tx, &req).await)
+            .await?;
+        let (saga, created) = match started {
+            StartOutcome::Replayed(saga) => (saga, false),
+            StartOutcome::Created(saga, wrote) => {
+                self.after_commit(saga.id, wrote);
+                tracing::info!(saga.id = %saga.id, "saga started");
+                (saga, true)
+            }
+        };
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        let status = self.render(&mut conn, &saga, true).await?;
+        Ok(Started { status, created })
+    }
+
+    async fn start_in(
+        &self,
+        tx: &mut PgConnection,
+        req: &StartRequest,
+    ) -> Result<StartOutcome, EngineError> {
         if let Some(key) = &req.idempotency_key {
-            if !store::sagas::try_lock_idempotency_key(&mut tx, key).await? {
+            if !store::sagas::try_lock_idempotency_key(tx, key).await? {
                 return Err(EngineError::KeyInProgress);
             }
-            if let Some((saga, request)) = store::sagas::by_idempotency_key(&mut tx, key).await? {
+            if let Some((saga, request)) = store::sagas::by_idempotency_key(tx, key).await? {
                 if request != req.request {
                     return Err(EngineError::KeyReused);
                 }
-                let status = self.render(&mut tx, &saga, true).await?;
-                return Ok(Started {
-                    status,
-                    created: false,
-                });
+                return Ok(StartOutcome::Replayed(saga));
             }
         }
         let stored = match req.version {
-            None => store::definitions::latest(&mut tx, &req.definition).await?,
-            Some(v) => store::definitions::get(&mut tx, &req.definition, v).await?,
+            None => store::definitions::latest(tx, &req.definition).await?,
+            Some(v) => store::definitions::get(tx, &req.definition, v).await?,
         };
         let Some(stored) = stored else {
-            let known = store::definitions::latest(&mut tx, &req.definition)
+            let known = store::definitions::latest(tx, &req.definition)
                 .await?
                 .is_some();
             let (pointer, detail) = if known {
@@ -270,14 +293,12 @@ impl Engine {
                 detail,
             }]));
         };
-        let def = self
-            .definition(&mut tx, &stored.name, stored.version)
-            .await?;
+        let def = self.definition(tx, &stored.name, stored.version).await?;
         def.check_input(&req.input)
             .map_err(EngineError::InvalidStart)?;
         let id = Uuid::now_v7();
         tracing::Span::current().record("saga.id", tracing::field::display(id));
-        let now = store::sagas::db_now(&mut tx).await?;
+        let now = store::sagas::db_now(tx).await?;
         let fresh = Saga::new(id, &def, stored.version, req.input.clone(), now);
         let decision = machine::decide(
             &fresh,
@@ -295,29 +316,22 @@ impl Engine {
                 key,
                 request: req.request.clone(),
             });
-        store::sagas::insert(&mut tx, &decision.saga, idem.as_ref()).await?;
-        let wrote = self.persist_effects(&mut tx, &decision, &def, now).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        self.after_commit(id, wrote);
-        tracing::info!("saga started");
-        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
-        let status = self.render(&mut conn, &decision.saga, true).await?;
-        Ok(Started {
-            status,
-            created: true,
-        })
+        store::sagas::insert(tx, &decision.saga, idem.as_ref()).await?;
+        let wrote = self.persist_effects(tx, &decision, &def, now).await?;
+        Ok(StartOutcome::Created(decision.saga, wrote))
     }
 
     /// Applies one input to a saga. `Err(Refused)` when the machine refused it (a refused signal
     /// is still recorded in the history).
     #[tracing::instrument(skip_all, fields(saga.id = %id))]
     pub async fn apply(&self, id: Uuid, input: Input) -> Result<Verdict, EngineError> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
-        let verdict = self.apply_in(&mut tx, id, input).await?;
-        let Some((verdict, wrote)) = verdict else {
-            return Err(EngineError::NotFound);
-        };
-        tx.commit().await.map_err(StoreError::from)?;
+        let (verdict, wrote) = self
+            .transaction(async |tx| {
+                self.apply_in(tx, id, input)
+                    .await?
+                    .ok_or(EngineError::NotFound)
+            })
+            .await?;
         self.after_commit(id, wrote);
         match verdict {
             Verdict::Refused { reason } => Err(EngineError::Refused(reason)),
@@ -356,16 +370,19 @@ impl Engine {
         command_id: Uuid,
         input: Input,
     ) -> Result<ReplyApplied, EngineError> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
-        let Some(saga) = store::sagas::saga_of_command(&mut tx, command_id).await? else {
+        let applied = self
+            .transaction(async |tx| {
+                let Some(saga) = store::sagas::saga_of_command(tx, command_id).await? else {
+                    return Ok(None);
+                };
+                let span = tracing::info_span!("reply", saga.id = %saga, command.id = %command_id);
+                let applied = self.apply_in(tx, saga, input).instrument(span).await?;
+                Ok(applied.map(|a| (saga, a)))
+            })
+            .await?;
+        let Some((saga, (verdict, wrote))) = applied else {
             return Ok(ReplyApplied::UnknownCommand);
         };
-        let span = tracing::info_span!("reply", saga.id = %saga, command.id = %command_id);
-        let applied = self.apply_in(&mut tx, saga, input).instrument(span).await?;
-        let Some((verdict, wrote)) = applied else {
-            return Ok(ReplyApplied::UnknownCommand);
-        };
-        tx.commit().await.map_err(StoreError::from)?;
         self.after_commit(saga, wrote);
         Ok(match verdict {
             Verdict::Accepted => ReplyApplied::Applied,
@@ -376,23 +393,47 @@ impl Engine {
     /// Fires due timers: takes up to `limit`, applies each to its saga, in one transaction.
     /// Returns how many it took.
     pub async fn fire_due_timers(&self, limit: i64) -> Result<usize, EngineError> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
-        let due = store::timers::take_due(&mut tx, limit).await?;
-        let mut touched = Vec::new();
-        for timer in &due {
-            let Some(input) = timer_input(&timer.key) else {
-                tracing::warn!(saga.id = %timer.saga_id, key = timer.key, "dropped a timer with an unknown key");
-                continue;
-            };
-            if let Some((_, wrote)) = self.apply_in(&mut tx, timer.saga_id, input).await? {
-                touched.push((timer.saga_id, wrote));
-            }
-        }
-        tx.commit().await.map_err(StoreError::from)?;
+        let (taken, touched) = self
+            .transaction(async |tx| {
+                let due = store::timers::take_due(tx, limit).await?;
+                let mut touched = Vec::new();
+                for timer in &due {
+                    let Some(input) = timer_input(&timer.key) else {
+                        tracing::warn!(saga.id = %timer.saga_id, key = timer.key, "dropped a timer with an unknown key");
+                        continue;
+                    };
+                    if let Some((_, wrote)) = self.apply_in(tx, timer.saga_id, input).await? {
+                        touched.push((timer.saga_id, wrote));
+                    }
+                }
+                Ok((due.len(), touched))
+            })
+            .await?;
         for (saga, wrote) in touched {
             self.after_commit(saga, wrote);
         }
-        Ok(due.len())
+        Ok(taken)
+    }
+
+    /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back — at once, so that
+    /// its row and advisory locks are released before the caller answers — when it returns `Err`.
+    async fn transaction<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut tx = self.inner.pool.begin().await.map_err(StoreError::from)?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::debug!(error = %rollback, "rollback failed; the connection is dropped");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The heart of the write path, inside the caller's transaction. None: no such saga.
@@ -605,10 +646,11 @@ impl Engine {
     }
 }
 
-async fn latest_version(conn: &mut PgConnection, name: &str) -> Result<i32, StoreError> {
-    Ok(store::definitions::latest(conn, name)
-        .await?
-        .map_or(0, |d| d.version))
+/// What a start's transaction did.
+enum StartOutcome {
+    /// An earlier request with the same idempotency key started this saga.
+    Replayed(Saga),
+    Created(Saga, Wrote),
 }
 
 /// What a transition wrote that other components wait for.
