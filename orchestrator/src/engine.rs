@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::definition::{Definition, Violation, parse_definition};
 use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
+use crate::metrics::Metrics;
 use crate::status::{self, SagaStatus, View};
 use crate::store::{self, StoreError, definitions::StoredDefinition, history::HistoryEntry};
 use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE, Reply, ReplyBody};
@@ -92,6 +93,7 @@ struct Inner {
     stuck_after: Duration,
     /// Fired at shutdown: long polls answer at once instead of holding the server open.
     closing: CancellationToken,
+    metrics: Metrics,
 }
 
 impl Engine {
@@ -105,6 +107,7 @@ impl Engine {
                 changes: broadcast::channel(1024).0,
                 stuck_after,
                 closing: CancellationToken::new(),
+                metrics: Metrics::default(),
             }),
         }
     }
@@ -112,6 +115,11 @@ impl Engine {
     /// Makes every long poll answer now; called when the process starts shutting down.
     pub fn close_waits(&self) {
         self.inner.closing.cancel();
+    }
+
+    /// What this process has counted, for `GET /metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -243,6 +251,8 @@ impl Engine {
         let (saga, created) = match started {
             StartOutcome::Replayed(saga) => (saga, false),
             StartOutcome::Created(saga, wrote) => {
+                let m = &self.inner.metrics;
+                m.inc("saga_started_total", &[("definition", &saga.definition)]);
                 self.after_commit(saga.id, wrote);
                 tracing::info!(saga.id = %saga.id, "saga started");
                 (saga, true)
@@ -380,14 +390,25 @@ impl Engine {
                 Ok(applied.map(|a| (saga, a)))
             })
             .await?;
-        let Some((saga, (verdict, wrote))) = applied else {
-            return Ok(ReplyApplied::UnknownCommand);
+        let outcome = match applied {
+            None => ReplyApplied::UnknownCommand,
+            Some((saga, (verdict, wrote))) => {
+                self.after_commit(saga, wrote);
+                match verdict {
+                    Verdict::Accepted => ReplyApplied::Applied,
+                    Verdict::Ignored | Verdict::Refused { .. } => ReplyApplied::Ignored,
+                }
+            }
         };
-        self.after_commit(saga, wrote);
-        Ok(match verdict {
-            Verdict::Accepted => ReplyApplied::Applied,
-            Verdict::Ignored | Verdict::Refused { .. } => ReplyApplied::Ignored,
-        })
+        let label = match outcome {
+            ReplyApplied::Applied => "applied",
+            ReplyApplied::Ignored => "ignored",
+            ReplyApplied::UnknownCommand => "unknown_command",
+        };
+        self.inner
+            .metrics
+            .inc("saga_replies_total", &[("outcome", label)]);
+        Ok(outcome)
     }
 
     /// Fires due timers: takes up to `limit`, applies each to its saga, in one transaction.
@@ -412,6 +433,10 @@ impl Engine {
         for (saga, wrote) in touched {
             self.after_commit(saga, wrote);
         }
+        let fired = u64::try_from(taken).unwrap_or(u64::MAX);
+        self.inner
+            .metrics
+            .add("saga_timers_fired_total", &[], fired);
         Ok(taken)
     }
 
@@ -470,10 +495,13 @@ impl Engine {
         // Last word per timer key wins; a CancelAll forgets what came before it.
         let mut timers: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
         let mut cancel_all = false;
+        let mut dispatched = Vec::new();
+        let mut ended = Vec::new();
         for effect in &decision.effects {
             match effect {
                 Effect::Dispatch(d) => {
                     commands.push(d.command_id);
+                    dispatched.push((d.task.clone(), d.kind.as_str()));
                     messages.push(command_message(saga.id, d));
                 }
                 Effect::Schedule { timer, at } => {
@@ -487,6 +515,7 @@ impl Engine {
                     cancel_all = true;
                 }
                 Effect::Lifecycle(state) => {
+                    ended.push(state.as_str());
                     let mut body = status::render(saga, def, self.view(now, None, false));
                     body.state = *state;
                     messages.push(store::outbox::NewMessage {
@@ -519,10 +548,26 @@ impl Engine {
         Ok(Wrote {
             outbox: !messages.is_empty(),
             timers: !arm.is_empty(),
+            definition: saga.definition.clone(),
+            dispatched,
+            ended,
         })
     }
 
     fn after_commit(&self, saga: Uuid, wrote: Wrote) {
+        let m = &self.inner.metrics;
+        for (task, kind) in &wrote.dispatched {
+            m.inc(
+                "saga_commands_dispatched_total",
+                &[("task", task), ("kind", kind)],
+            );
+        }
+        for state in &wrote.ended {
+            m.inc(
+                "saga_ended_total",
+                &[("definition", &wrote.definition), ("state", state)],
+            );
+        }
         if wrote.outbox {
             self.inner.outbox_wake.notify_one();
         }
@@ -654,10 +699,15 @@ enum StartOutcome {
 }
 
 /// What a transition wrote that other components wait for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Wrote {
     outbox: bool,
     timers: bool,
+    definition: String,
+    /// `(task, kind)` of each command dispatched.
+    dispatched: Vec<(String, &'static str)>,
+    /// The states entered that a lifecycle event announces.
+    ended: Vec<&'static str>,
 }
 
 fn command_message(saga: Uuid, d: &machine::Dispatch) -> store::outbox::NewMessage {

@@ -17,3 +17,4 @@ pub mod telemetry;
 pub mod timers;
 
 pub use app::{App, run_main};
+pub mod metrics;

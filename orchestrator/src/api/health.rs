@@ -1,5 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (PostgreSQL answers and RabbitMQ is
-//! connected with its topology declared). Both are open to all.
+//! `GET /healthz` (the process answers), `GET /readyz` (PostgreSQL answers and RabbitMQ is
+//! connected with its topology declared) and `GET /metrics`. All are open to all.
 
 use std::time::Duration;
 
@@ -13,6 +13,17 @@ use super::problem::ApiError;
 
 /// How long readiness waits for a database connection before calling it down.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.engine.metrics().render(),
+    )
+}
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

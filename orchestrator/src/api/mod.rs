@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/terminate", post(actions::terminate))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
         // After every route: it applies to the routes that exist.
         .method_not_allowed_fallback(problem::method_not_allowed)

@@ -32,6 +32,7 @@ mod tests {
         ("/v1/sagas/{id}/terminate", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
     ];
 
