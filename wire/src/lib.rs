@@ -78,6 +78,39 @@ pub struct StepError {
     pub retryable: bool,
 }
 
+impl StepError {
+    /// An error that retrying cannot fix: the step ends at once (a compensation suspends the saga).
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        StepError {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// An error worth another attempt, under the step's retry policy.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        StepError {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.retryable {
+            "retryable"
+        } else {
+            "permanent"
+        };
+        write!(f, "{} ({kind}): {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for StepError {}
+
 /// A reply, worker → orchestrator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
