@@ -1,8 +1,9 @@
 //! The demo: starts the orchestrator and the example workers in this process, against the local
 //! PostgreSQL and RabbitMQ, registers the example definitions, starts a handful of sagas — some
 //! complete, one compensates, one times out and compensates, one is suspended and repaired by an
-//! operator — prints their progress as it happens, and ends with a summary (exit 0 when every
-//! saga ended as expected).
+//! operator, two escrows wait for signals (over HTTP and as `saga.events` messages) of which one
+//! lets its deadline lapse — prints their progress as it happens, and ends with a summary (exit 0
+//! when every saga ended as expected).
 //!
 //! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/saga_demo`, recreated at each run)
 //! and `AMQP_URL` (default the local broker's `/` vhost; `scripts/demo.sh` gives it a vhost of its
@@ -12,13 +13,15 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use orchestrator::App;
 use orchestrator::config::Config;
-use saga_demo::{onboarding, order};
+use saga_demo::{escrow, onboarding, order};
 use saga_worker::Worker;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection as _};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/saga_demo";
@@ -33,10 +36,30 @@ struct Scenario {
     expect: &'static str,
     /// An operator skips the failed compensation when the saga is suspended.
     operator_skips: bool,
+    /// External events the demo sends, after a delay from the start.
+    signals: Vec<Signal>,
+}
+
+struct Signal {
+    after: Duration,
+    event: &'static str,
+    /// As a message on `saga.events` rather than over HTTP.
+    by_message: bool,
+    payload: Value,
+}
+
+fn signal(after_ms: u64, event: &'static str, by_message: bool, payload: Value) -> Signal {
+    Signal {
+        after: Duration::from_millis(after_ms),
+        event,
+        by_message,
+        payload,
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
     let order = |id: &str, knobs: Value| json!({ "order_id": id, "items": ["vinyl", "turntable"], "amount_cents": 34900, "knobs": knobs });
+    let closing = |property: &str| json!({ "property": property, "price_cents": 45_000_000 });
     let customer = |name: &str, knobs: Value| json!({ "email": format!("{name}@example.com"), "name": name, "knobs": knobs });
     vec![
         Scenario {
@@ -45,6 +68,7 @@ fn scenarios() -> Vec<Scenario> {
             input: order("A-1", json!({})),
             expect: "completed",
             operator_skips: false,
+            signals: vec![],
         },
         Scenario {
             label: "order: payment flaky twice, then ok",
@@ -55,6 +79,7 @@ fn scenarios() -> Vec<Scenario> {
             ),
             expect: "completed",
             operator_skips: false,
+            signals: vec![],
         },
         Scenario {
             label: "order: card declined → compensate",
@@ -62,6 +87,7 @@ fn scenarios() -> Vec<Scenario> {
             input: order("A-3", json!({ "fail": "charge_payment" })),
             expect: "compensated",
             operator_skips: false,
+            signals: vec![],
         },
         Scenario {
             label: "order: shipping hangs → timeout → compensate",
@@ -69,6 +95,7 @@ fn scenarios() -> Vec<Scenario> {
             input: order("A-4", json!({ "hang": "create_shipment" })),
             expect: "compensated",
             operator_skips: false,
+            signals: vec![],
         },
         Scenario {
             label: "order: refund fails → suspended → operator skips",
@@ -79,6 +106,7 @@ fn scenarios() -> Vec<Scenario> {
             ),
             expect: "compensated",
             operator_skips: true,
+            signals: vec![],
         },
         Scenario {
             label: "onboarding: happy path",
@@ -86,6 +114,7 @@ fn scenarios() -> Vec<Scenario> {
             input: customer("ada", json!({})),
             expect: "completed",
             operator_skips: false,
+            signals: vec![],
         },
         Scenario {
             label: "onboarding: loyalty down → compensate",
@@ -93,6 +122,32 @@ fn scenarios() -> Vec<Scenario> {
             input: customer("bob", json!({ "fail": "loyalty_points" })),
             expect: "compensated",
             operator_skips: false,
+            signals: vec![],
+        },
+        Scenario {
+            label: "escrow: both sign, funds come early → done",
+            definition: "escrow",
+            input: closing("12 Elm St"),
+            expect: "completed",
+            operator_skips: false,
+            signals: vec![
+                signal(300, "buyer_signed", false, json!({ "by": "buyer" })),
+                signal(
+                    600,
+                    "funds_deposited",
+                    true,
+                    json!({ "amount_cents": 45_000_000 }),
+                ),
+                signal(900, "seller_signed", false, json!({ "by": "seller" })),
+            ],
+        },
+        Scenario {
+            label: "escrow: seller never signs → deadline lapses",
+            definition: "escrow",
+            input: closing("3 Oak Rd"),
+            expect: "compensated",
+            operator_skips: false,
+            signals: vec![signal(300, "buyer_signed", false, json!({ "by": "buyer" }))],
         },
     ]
 }
@@ -109,6 +164,8 @@ enum DemoError {
     Http(#[from] reqwest::Error),
     #[error("worker: {0}")]
     Worker(#[from] saga_worker::BuildError),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
     #[error("{0}")]
     Unexpected(String),
 }
@@ -161,7 +218,11 @@ async fn run() -> Result<bool, DemoError> {
 
     let http = reqwest::Client::new();
     wait_ready(&http, &base).await?;
-    for def in [order::definition(), onboarding::definition()] {
+    for def in [
+        order::definition(),
+        onboarding::definition(),
+        escrow::definition(),
+    ] {
         let r = http
             .post(format!("{base}/v1/definitions"))
             .json(&def)
@@ -170,10 +231,12 @@ async fn run() -> Result<bool, DemoError> {
         let body: Value = r.json().await?;
         println!("registered {} version {}", body["name"], body["version"]);
     }
-    let workers = onboarding::workers(order::workers(Worker::builder(amqp_url.clone())))
-        .connection_name("demo-workers")
-        .shutdown_timeout(Duration::from_secs(5))
-        .build()?;
+    let workers = escrow::workers(onboarding::workers(order::workers(Worker::builder(
+        amqp_url.clone(),
+    ))))
+    .connection_name("demo-workers")
+    .shutdown_timeout(Duration::from_secs(5))
+    .build()?;
     let workers_task = tokio::spawn(workers.run(shutdown.clone()));
 
     let scenarios = scenarios();
@@ -191,7 +254,9 @@ async fn run() -> Result<bool, DemoError> {
     }
     println!();
 
+    let events = Events::connect(&amqp_url).await?;
     let started = Instant::now();
+    let mut sent: BTreeMap<(usize, usize), ()> = BTreeMap::new();
     let mut last: BTreeMap<usize, String> = BTreeMap::new();
     let mut finals: BTreeMap<usize, Value> = BTreeMap::new();
     while finals.len() < ids.len() && started.elapsed() < PATIENCE {
@@ -213,6 +278,28 @@ async fn run() -> Result<bool, DemoError> {
                     scenarios[i].label
                 );
                 last.insert(i, line);
+            }
+            for (j, sig) in scenarios[i].signals.iter().enumerate() {
+                if started.elapsed() < sig.after || sent.insert((i, j), ()).is_some() {
+                    continue;
+                }
+                let how = if sig.by_message {
+                    events.publish(id, sig.event, &sig.payload).await?;
+                    "published on saga.events".to_owned()
+                } else {
+                    let r = http
+                        .post(format!("{base}/v1/sagas/{id}/signals/{}", sig.event))
+                        .json(&sig.payload)
+                        .send()
+                        .await?;
+                    format!("POST …/signals → {}", r.status().as_u16())
+                };
+                println!(
+                    "{:>6.2}s  {:<50} signal {} ({how})",
+                    started.elapsed().as_secs_f64(),
+                    scenarios[i].label,
+                    sig.event
+                );
             }
             let state = status["state"].as_str().unwrap_or_default();
             if state == "suspended" && scenarios[i].operator_skips {
@@ -277,6 +364,7 @@ async fn run() -> Result<bool, DemoError> {
         }
     );
 
+    events.close().await;
     shutdown.cancel();
     let _ = workers_task.await;
     match server.await {
@@ -286,6 +374,49 @@ async fn run() -> Result<bool, DemoError> {
     }
     drop_database(&database_url).await?;
     Ok(all_ok)
+}
+
+/// Publishes external events to `saga.events`, as another service of the landscape would.
+struct Events {
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+impl Events {
+    async fn connect(url: &str) -> Result<Events, DemoError> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Events {
+            connection,
+            channel,
+        })
+    }
+
+    async fn publish(&self, saga: &str, event: &str, payload: &Value) -> Result<(), DemoError> {
+        let body = serde_json::to_vec(payload).map_err(|e| DemoError::Unexpected(e.to_string()))?;
+        let properties = BasicProperties::default()
+            .with_correlation_id(saga.into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                "saga.events".into(),
+                event.into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
 }
 
 /// `state: step glyphs`, e.g. `compensating  ✓reserve_inventory ✗charge_payment ·create_shipment`.

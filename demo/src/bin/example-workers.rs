@@ -1,5 +1,5 @@
 //! The example workers as a process of their own (as docker-compose runs them):
-//! `example-workers [order] [customer_onboarding]` (both when none is named). `AMQP_URL` names
+//! `example-workers [order] [customer_onboarding] [escrow]` (all when none is named). `AMQP_URL` names
 //! the broker; SIGINT or SIGTERM finishes the commands in flight, then stops. With
 //! `SAGA_API_URL` (and `SAGA_API_TOKEN` when the orchestrator wants one) it first registers the
 //! definitions of its sagas, retrying until the orchestrator answers.
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use saga_demo::{onboarding, order};
+use saga_demo::{escrow, onboarding, order};
 use saga_worker::Worker;
 use serde_json::Value;
 
@@ -32,6 +32,10 @@ async fn main() -> ExitCode {
         builder = onboarding::workers(builder);
         definitions.push(onboarding::definition());
     }
+    if wants("escrow") {
+        builder = escrow::workers(builder);
+        definitions.push(escrow::definition());
+    }
     if let Ok(api) = std::env::var("SAGA_API_URL") {
         register(&api, &definitions).await;
     }
@@ -41,7 +45,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("example-workers: {e} (names: order, customer_onboarding)");
+            eprintln!("example-workers: {e} (names: order, customer_onboarding, escrow)");
             ExitCode::from(2)
         }
     }
