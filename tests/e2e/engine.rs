@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::{Method, StatusCode};
 use saga_e2e::http::{Body, pointers_of, step};
-use saga_e2e::worker::CommandSeen;
+use saga_e2e::worker::{CommandSeen, echo, echo_holding, echo_output as out, find, one, order_of};
 use saga_e2e::{Behaviour, Gate, Worker, assert_problem, kinds_of};
 use serde_json::{Value, json};
 
@@ -23,37 +23,6 @@ const HISTORY_KEYS: &[&str] = &[
     "reason",
     "data",
 ];
-
-/// The worker's default: echo who answered, so outputs are recognisable.
-fn echo(c: &CommandSeen) -> Behaviour {
-    Behaviour::ok(json!({ "by": c.step, "kind": c.kind }))
-}
-
-fn out(step: &str) -> Value {
-    json!({ "by": step, "kind": "do" })
-}
-
-fn find<'a>(cs: &'a [CommandSeen], step: &str, kind: &str) -> Vec<&'a CommandSeen> {
-    cs.iter()
-        .filter(|c| c.step == step && c.kind == kind)
-        .collect()
-}
-
-fn one<'a>(cs: &'a [CommandSeen], step: &str, kind: &str) -> &'a CommandSeen {
-    let found = find(cs, step, kind);
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one {kind} command for {step}: {cs:#?}"
-    );
-    found[0]
-}
-
-fn order_of(cs: &[CommandSeen]) -> Vec<String> {
-    cs.iter()
-        .map(|c| format!("{}:{}", c.step, c.kind))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_runs_steps_in_order_and_completes() {
@@ -419,15 +388,7 @@ async fn cancel_during_a_step_awaits_its_reply_then_compensates_it() {
         StatusCode::CREATED
     );
     let gate = Gate::new();
-    let g = gate.clone();
-    let worker = Worker::start(&env, &strs(&tasks_of(&names)), move |c| {
-        if c.task == "t.b" {
-            Behaviour::after_gate(&g, echo(c))
-        } else {
-            echo(c)
-        }
-    })
-    .await;
+    let worker = Worker::start(&env, &strs(&tasks_of(&names)), echo_holding("t.b", &gate)).await;
     let id = env.start("flow", json!({})).await;
     worker
         .ledger

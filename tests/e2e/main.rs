@@ -9,6 +9,7 @@ mod amqp;
 mod crash;
 mod definitions;
 mod engine;
+mod escrow;
 mod sagas_api;
 mod signals;
 
@@ -93,4 +94,11 @@ pub fn index_of(history: &[Value], kind: &str, step: Option<&str>) -> usize {
                 saga_e2e::kinds_of(history)
             )
         })
+}
+
+/// Asserts the history's last entry is of `kind` (the saga's last word, e.g. `saga_compensated`).
+#[track_caller]
+pub fn assert_ends_with(history: &[Value], kind: &str) {
+    let kinds = saga_e2e::kinds_of(history);
+    assert_eq!(kinds.last().map(String::as_str), Some(kind), "{kinds:?}");
 }

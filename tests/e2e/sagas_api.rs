@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::{Method, StatusCode};
-use saga_e2e::http::{Body, pointers_of, step};
+use saga_e2e::http::{Body, pointers_of, rfc3339, step};
 use saga_e2e::{Behaviour, Gate, Raw, Worker, assert_problem};
 use serde_json::{Value, json};
 
@@ -28,15 +28,6 @@ fn order() -> Value {
             { "name": "mail", "task": "email.send" }
         ]
     })
-}
-
-fn rfc3339(v: &Value) -> DateTime<Utc> {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp string: {v}"));
-    DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("not RFC 3339 {s:?}: {e}"))
-        .with_timezone(&Utc)
 }
 
 const STATUS_KEYS: &[&str] = &[

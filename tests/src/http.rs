@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -131,9 +132,15 @@ impl TestEnv {
             status == StatusCode::CREATED || status == StatusCode::OK,
             "register failed: {status} {body:#}"
         );
-        body["version"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("register: no integer version in {body:#}"))
+        version_of(&body)
+    }
+
+    /// `POST /v1/definitions` of a definition new to this orchestrator; insists on 201 and returns
+    /// its version.
+    pub async fn register_new(&self, definition: &Value) -> i64 {
+        let (status, body) = self.register(definition).await;
+        assert_eq!(status, StatusCode::CREATED, "register: {body:#}");
+        version_of(&body)
     }
 
     /// `POST /v1/sagas` with `{definition, input}`; insists on 201; returns the saga id.
@@ -173,6 +180,44 @@ impl TestEnv {
             .as_array()
             .unwrap_or_else(|| panic!("history of {id}: no items array in {body:#}"))
             .clone()
+    }
+
+    /// `POST /v1/sagas/{id}/signals/{event}` with `payload` as the JSON body.
+    pub async fn signal(&self, id: &str, event: &str, payload: &Value) -> Raw {
+        self.post_json(&format!("/v1/sagas/{id}/signals/{event}"), payload)
+            .await
+    }
+
+    /// [`TestEnv::signal`], insisting on PROTOCOL §2's 202 `{ "saga_id", "event", "accepted_at" }`.
+    pub async fn signal_accepted(&self, id: &str, event: &str, payload: &Value) {
+        let raw = self.signal(id, event, payload).await;
+        assert_eq!(
+            raw.status,
+            StatusCode::ACCEPTED,
+            "signal {event} to {id}: {}",
+            raw.text()
+        );
+        let body = raw.json();
+        assert_eq!(body["saga_id"], json!(id), "{body:#}");
+        assert_eq!(body["event"], json!(event), "{body:#}");
+        assert!(body["accepted_at"].is_string(), "{body:#}");
+    }
+
+    /// Polls `GET /v1/sagas?{query}` until it lists at least `count` sagas; returns them (newest
+    /// first). Panics with what it saw when `timeout` passes first.
+    pub async fn wait_listed(&self, query: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let items = self.list_all(query, 50).await;
+            if items.len() >= count {
+                return items;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET /v1/sagas?{query}: fewer than {count} sagas within {timeout:?}: {items:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `POST /v1/sagas/{id}/cancel` with an optional reason.
@@ -243,6 +288,24 @@ impl TestEnv {
         }
     }
 
+    /// Long-polls once for `quiet` on the saga's current revision and asserts that nothing changed
+    /// meanwhile (an absence — "it waits" — can only be checked over a while). Returns the status.
+    pub async fn assert_quiet(&self, id: &str, quiet: Duration) -> Value {
+        let before = self.status(id).await;
+        let rev = before["revision"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no integer revision in {before:#}"));
+        let path = format!("/v1/sagas/{id}?wait={}ms&revision={rev}", quiet.as_millis());
+        let raw = self.get(&path).await;
+        assert_eq!(raw.status, StatusCode::OK, "GET {path}: {}", raw.text());
+        let after = raw.json();
+        assert_eq!(
+            after, before,
+            "saga {id} changed while it should have been waiting"
+        );
+        after
+    }
+
     /// Polls the history until `pred` holds for it (the history has no long poll of its own).
     pub async fn wait_history(
         &self,
@@ -301,6 +364,14 @@ impl TestEnv {
         }
         panic!("pagination did not end after 1000 pages");
     }
+}
+
+/// The `version` of a registration's answer.
+#[track_caller]
+fn version_of(body: &Value) -> i64 {
+    body["version"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("register: no integer version in {body:#}"))
 }
 
 /// Asserts an RFC 9457 problem: the status, `application/problem+json`, and `type`, `title`,
@@ -367,6 +438,26 @@ pub fn duration_of(v: &Value) -> Duration {
         .as_str()
         .unwrap_or_else(|| panic!("not a duration string: {v}"));
     humantime::parse_duration(s).unwrap_or_else(|e| panic!("not a humantime duration {s:?}: {e}"))
+}
+
+/// A status less its `steps`: what a lifecycle message carries (PROTOCOL §3).
+pub fn status_less_steps(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(map) = s.as_object_mut() {
+        map.remove("steps");
+    }
+    s
+}
+
+/// Parses an RFC 3339 timestamp from a JSON value (panics otherwise).
+#[track_caller]
+pub fn rfc3339(v: &Value) -> DateTime<Utc> {
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp string: {v}"));
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("not RFC 3339 {text:?}: {e}"))
+        .with_timezone(&Utc)
 }
 
 /// The step named `name` in a status.

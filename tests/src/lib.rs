@@ -21,7 +21,7 @@ pub mod env;
 pub mod http;
 pub mod worker;
 
-pub use amqp::{AmqpClient, DeadLetter};
+pub use amqp::{AmqpClient, DeadLetter, Sent};
 pub use env::{Options, TestEnv};
 pub use http::{Raw, assert_problem, duration_of, kinds_of};
 pub use worker::{Behaviour, CommandSeen, Gate, Ledger, Worker};

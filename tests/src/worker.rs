@@ -264,6 +264,58 @@ impl CommandSeen {
     }
 }
 
+/// A script that answers every command ok with who answered (`{ "by": step, "kind": kind }`), so
+/// outputs are recognisable.
+pub fn echo(c: &CommandSeen) -> Behaviour {
+    Behaviour::ok(json!({ "by": c.step, "kind": c.kind }))
+}
+
+/// A script that answers as [`echo`], holding the replies to `task` until `gate` opens.
+pub fn echo_holding(
+    task: &str,
+    gate: &Gate,
+) -> impl Fn(&CommandSeen) -> Behaviour + Send + Sync + 'static {
+    let (task, gate) = (task.to_owned(), gate.clone());
+    move |c| {
+        if c.task == task {
+            Behaviour::after_gate(&gate, echo(c))
+        } else {
+            echo(c)
+        }
+    }
+}
+
+/// The output [`echo`] gives a step's `do` command.
+pub fn echo_output(step: &str) -> Value {
+    json!({ "by": step, "kind": "do" })
+}
+
+/// The commands of `step` and `kind` (`do` or `compensate`), in the order received.
+pub fn find<'a>(cs: &'a [CommandSeen], step: &str, kind: &str) -> Vec<&'a CommandSeen> {
+    cs.iter()
+        .filter(|c| c.step == step && c.kind == kind)
+        .collect()
+}
+
+/// The one command of `step` and `kind`; panics (with the ledger) unless there is exactly one.
+#[track_caller]
+pub fn one<'a>(cs: &'a [CommandSeen], step: &str, kind: &str) -> &'a CommandSeen {
+    let found = find(cs, step, kind);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} command for {step}: {cs:#?}"
+    );
+    found[0]
+}
+
+/// `step:kind` of each command, in the order received.
+pub fn order_of(cs: &[CommandSeen]) -> Vec<String> {
+    cs.iter()
+        .map(|c| format!("{}:{}", c.step, c.kind))
+        .collect()
+}
+
 /// Every command the worker saw (in the order it received them), and anything it could not parse.
 #[derive(Debug, Default)]
 pub struct LedgerData {

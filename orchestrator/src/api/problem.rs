@@ -2,7 +2,7 @@
 //! exactly one place ([`ApiError::into_response`]). Internal errors are logged there, once, and
 //! never shown to the client.
 
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -146,6 +146,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            // The rest of the body is not read: say the connection closes (RFC 9112 §9.6), so
+            // that a keep-alive client does not send its next request on it.
+            ApiError::PayloadTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
@@ -199,6 +204,18 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_413_says_the_connection_closes() {
+        let r = ApiError::PayloadTooLarge { limit: 10 }.into_response();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            r.headers().get(CONNECTION).and_then(|v| v.to_str().ok()),
+            Some("close")
+        );
+        let r = ApiError::BadRequest("x".into()).into_response();
+        assert!(r.headers().get(CONNECTION).is_none());
+    }
 
     async fn body_of(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
         let r = e.into_response();
