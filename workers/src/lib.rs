@@ -91,6 +91,6 @@ mod worker;
 pub use builder::{DEFAULT_AMQP_URL, WorkerBuilder};
 pub use context::Context;
 pub use error::{BuildError, ResultExt};
-pub use saga_wire::{Command, CommandKind, StepError};
+pub use saga_wire::{Command, CommandKind, ReplyBody, StepError};
 pub use tokio_util::sync::CancellationToken;
 pub use worker::Worker;
