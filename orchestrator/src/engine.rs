@@ -602,7 +602,17 @@ impl Engine {
             .definition(conn, &saga.definition, saga.version)
             .await?;
         let now = store::sagas::db_now(conn).await?;
-        let unpublished = store::outbox::oldest_unpublished(conn, saga.id).await?;
+        // Only a saga whose wait is overdue can be stuck on an unpublished command: look at the
+        // outbox (which has no index by saga) only then.
+        let overdue = chrono::Duration::from_std(self.inner.stuck_after)
+            .ok()
+            .and_then(|t| saga.wait_until?.checked_add_signed(t))
+            .is_some_and(|at| at < now);
+        let unpublished = if overdue {
+            store::outbox::oldest_unpublished(conn, saga.id).await?
+        } else {
+            None
+        };
         Ok(status::render(
             saga,
             &def,
