@@ -133,7 +133,7 @@ impl TestEnv {
         cmd.env("DATABASE_URL", &self.database_url)
             .env("AMQP_URL", &self.amqp_url)
             .env("SAGA_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "info,orchestrator=debug")
+            .env("RUST_LOG", "info,orchestrator=debug,saga_amqp=debug")
             .env_remove("SAGA_API_TOKENS")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -71,6 +71,9 @@
 //!   `command.id`, `attempt`, `task` and `kind`: every log line of a handler carries its saga.
 //!   A task you spawn from a handler leaves the span unless you pass it on
 //!   (`tokio::spawn(fut.in_current_span())`).
+//!   The connection's own events (connects, reconnects, a lost connection) are logged under the
+//!   target `saga_amqp`, the RabbitMQ plumbing the SDK shares with the orchestrator: a filter
+//!   that names crates wants both (`RUST_LOG=saga_worker=debug,saga_amqp=debug`).
 //!
 //! # Errors
 //!

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::options::BasicAckOptions;
 use lapin::{Channel, Consumer};
+use saga_amqp::{BACKOFF_MIN, clip, next_backoff};
 use saga_wire::{EVENTS_DLQ, EVENTS_INBOX, REPLIES_DLQ, REPLIES_QUEUE, START_DLQ, START_QUEUE};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::session::Session;
-use super::{BACKOFF_MIN, clip, deadletter, events, next_backoff, replies, starts, timed};
+use super::{deadletter, events, replies, starts};
 use crate::engine::{Engine, EngineError};
 use crate::store::StoreError;
 
@@ -113,11 +113,7 @@ impl Ctx {
                 }
                 done => return Some(done),
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = self.session.lost().cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
+            self.session.sleep(delay, &self.shutdown).await.ok()?;
             delay = next_backoff(delay);
         }
     }
@@ -155,54 +151,28 @@ pub(super) async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(usize::from(concurrency.max(1))));
     let in_flight = TaskTracker::new();
-    let lost = ctx.session.lost().clone();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => break,
-            _ = lost.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let permit = ctx
+            .session
+            .until_stopped(&ctx.shutdown, permits.clone().acquire_owned())
+            .await;
+        let Ok(Ok(permit)) = permit else {
+            break;
         };
-        let next = tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => break,
-            _ = lost.cancelled() => break,
-            next = consumer.next() => next,
+        let Some(delivery) = ctx
+            .session
+            .next_delivery(&mut consumer, kind.queue(), &ctx.shutdown)
+            .await
+        else {
+            break;
         };
-        match next {
-            Some(Ok(delivery)) => {
-                in_flight.spawn(handle(kind, ctx.clone(), delivery, permit));
-            }
-            Some(Err(e)) => {
-                ctx.session
-                    .lose(format!("the consumer of {} failed: {e}", kind.queue()));
-                break;
-            }
-            None => {
-                ctx.session.lose(format!(
-                    "the broker cancelled the consumer of {}",
-                    kind.queue()
-                ));
-                break;
-            }
-        }
+        in_flight.spawn(handle(kind, ctx.clone(), delivery, permit));
     }
-    if !lost.is_cancelled() {
-        // Shutdown: no new deliveries; those prefetched and not taken go back to the queue when
-        // the channel closes.
-        let tag = consumer.tag();
-        if let Err(e) = timed(
-            format!("cancelling the consumer of {}", kind.queue()),
-            channel.basic_cancel(tag, BasicCancelOptions::default()),
-        )
-        .await
-        {
-            debug!(error = %e, "cancelling a consumer");
-        }
-    }
+    // Shutdown: no new deliveries; those prefetched and not taken go back to the queue when the
+    // channel closes.
+    ctx.session
+        .stop_consuming(&channel, &consumer, kind.queue())
+        .await;
     in_flight.close();
     in_flight.wait().await;
 }
@@ -254,16 +224,12 @@ async fn settle(kind: Kind, ctx: &Ctx, delivery: &Delivery, disposition: Disposi
 }
 
 async fn ack(ctx: &Ctx, delivery: &Delivery) {
-    match timed(
-        "acknowledging a delivery",
-        delivery.acker.ack(BasicAckOptions::default()),
-    )
-    .await
-    {
-        Ok(true) => {}
-        // The channel closed under it: the broker redelivers the message, and the engine sees the
-        // second copy as a duplicate.
-        Ok(false) => debug!("the delivery can no longer be acknowledged (its channel closed)"),
-        Err(e) => ctx.session.lose(e.to_string()),
-    }
+    // A channel that closed under it is no error: the broker redelivers the message, and the
+    // engine sees the second copy as a duplicate.
+    ctx.session
+        .settle(
+            "acknowledging a delivery",
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await;
 }

@@ -3,12 +3,12 @@
 //! under publisher confirms, and only then acks the original.
 
 use lapin::message::Delivery;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
+use saga_amqp::publish_to_queue;
 use saga_wire::ERROR_HEADER;
 
-use super::{BusError, CONFIRM_TIMEOUT, timed};
+use super::BusError;
 
 /// The properties of a dead letter: the original ones, with `x-saga-error` set to `reason`.
 pub(super) fn properties(original: &BasicProperties, reason: &str) -> BasicProperties {
@@ -28,46 +28,26 @@ pub(super) async fn publish(
     delivery: &Delivery,
     reason: &str,
 ) -> Result<(), BusError> {
-    let what = || format!("dead-lettering to {dlq}");
-    let confirm = timed(
-        what(),
-        ch.basic_publish(
-            "".into(),
-            dlq.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties(&delivery.properties, reason),
-        ),
+    let what = format!("dead-lettering to {dlq}");
+    let confirmation = publish_to_queue(
+        ch,
+        &what,
+        dlq.into(),
+        &delivery.data,
+        properties(&delivery.properties, reason),
     )
     .await?;
-    let confirmation = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(source)) => {
-            return Err(BusError::Amqp {
-                what: what(),
-                source,
-            });
-        }
-        Err(_) => return Err(BusError::Timeout(format!("the confirm of {}", what()))),
-    };
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) => Err(BusError::Unconfirmed(format!(
-            "{}: returned unroutable ({} {}): the queue is missing",
-            what(),
-            returned.reply_code,
-            returned.reply_text
+            "{what}: returned unroutable ({} {}): the queue is missing",
+            returned.reply_code, returned.reply_text
         ))),
         Confirmation::Nack(_) => Err(BusError::Unconfirmed(format!(
-            "{}: the broker nacked it",
-            what()
+            "{what}: the broker nacked it"
         ))),
         Confirmation::NotRequested => Err(BusError::Unconfirmed(format!(
-            "{}: publisher confirms are off on the channel",
-            what()
+            "{what}: publisher confirms are off on the channel"
         ))),
     }
 }

@@ -7,12 +7,13 @@
 //! absent = `null`, other fields refused).
 
 use lapin::message::Delivery;
+use saga_amqp::clip;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::consumer::{Ctx, Disposition};
+use super::find_nul;
 use super::replies::kind_of;
-use super::{clip, find_nul};
 use crate::engine::EngineError;
 use crate::machine::Input;
 

@@ -8,8 +8,9 @@
 //!
 //! # Connections
 //!
-//! [`Bus::run`] owns the reconnect loop (lapin's own recovery is not trusted, CRATES.md). Each
-//! connection is a *session* ([`session`]): it declares the topology, opens its channels, marks the
+//! [`Bus::run`] owns the reconnect loop (`saga_amqp::run_sessions`, shared with the worker SDK;
+//! lapin's own recovery is not trusted, CRATES.md). Each connection is a *session* ([`session`], a
+//! `saga_amqp::Session` owned by the bus): it declares the topology, opens its channels, marks the
 //! bus ready, and runs the relay and the three consumers until shutdown or until anything reports
 //! the connection lost — a connection error event, a consumer stream that fails or is cancelled by
 //! the broker, a channel operation that fails. Then every task of the session stops, the bus is no
@@ -47,34 +48,20 @@ mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use lapin::Connection;
+use saga_amqp::{AmqpError, SessionOwner};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 
-/// How long one broker operation (connect, open a channel, declare, publish, ack) may take.
-const OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the relay waits for the confirms of a batch it published.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff between reconnects, and between retries while Postgres is unreachable.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 #[derive(Debug, Error)]
 pub enum BusError {
     #[error("not connected to RabbitMQ")]
     NotConnected,
-    #[error("RabbitMQ refused {what}: {source}")]
-    Amqp {
-        what: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("RabbitMQ did not answer {0} in time")]
-    Timeout(String),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
     #[error("{0}")]
     Unconfirmed(String),
     #[error("`{0}` is not a valid AMQP name (longer than 255 bytes)")]
@@ -143,49 +130,27 @@ impl Bus {
         current.clone().filter(|c| c.status().connected())
     }
 
-    fn mark_up(&self, conn: &Arc<Connection>) {
+    /// The session is set up: ready. `lost` is checked after the connection is published (a
+    /// session is cancelled before the bus hears it is down), so that a loss racing with the end
+    /// of setup can never leave the bus marked ready.
+    fn mark_up(&self, session: &session::Session) {
+        let conn = session.connection();
         *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         self.inner.ready.store(true, Ordering::SeqCst);
+        if session.lost().is_cancelled() {
+            self.session_down(conn);
+        }
     }
+}
 
+impl SessionOwner for Bus {
     /// The session of `conn` ended (or is ending): not ready until the next one is up.
-    fn mark_down(&self, conn: &Arc<Connection>) {
+    fn session_down(&self, conn: &Arc<Connection>) {
         let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             *current = None;
             self.inner.ready.store(false, Ordering::SeqCst);
         }
-    }
-}
-
-/// Runs a broker operation with [`OP_TIMEOUT`], naming it in the error.
-async fn timed<T>(
-    what: impl Into<String>,
-    op: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, BusError> {
-    match tokio::time::timeout(OP_TIMEOUT, op).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(BusError::Amqp {
-            what: what.into(),
-            source,
-        }),
-        Err(_) => Err(BusError::Timeout(what.into())),
-    }
-}
-
-/// The next delay of a 100 ms → 5 s doubling backoff.
-fn next_backoff(delay: Duration) -> Duration {
-    (delay * 2).min(BACKOFF_MAX)
-}
-
-/// Shortens text taken from a message (for reasons and logs): at most `max` characters.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
     }
 }
 

@@ -28,6 +28,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use saga_amqp::{AmqpError, BACKOFF_MIN, CONFIRM_TIMEOUT, confirmed_by, next_backoff, timed};
 use saga_wire::COMMANDS_EXCHANGE;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -39,7 +40,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
 
 use super::session::Session;
-use super::{BACKOFF_MIN, BusError, CONFIRM_TIMEOUT, next_backoff, timed, topology};
+use super::{BusError, topology};
 use crate::engine::{Engine, timer_key};
 use crate::machine::Timer;
 use crate::store::{self, StoreError, outbox::OutboxMessage};
@@ -56,6 +57,12 @@ pub(super) enum RelayError {
     Broker(#[from] BusError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<AmqpError> for RelayError {
+    fn from(e: AmqpError) -> Self {
+        RelayError::Broker(e.into())
+    }
 }
 
 /// What one batch did.
@@ -81,7 +88,7 @@ pub(super) async fn run(
         if shutdown.is_cancelled() || lost.is_cancelled() {
             return;
         }
-        let wait = match relay_batch(&engine, &session.conn, &channel).await {
+        let wait = match relay_batch(&engine, session.connection(), &channel).await {
             Ok(batch) => {
                 delay = BACKOFF_MIN;
                 // A full batch that went out: more may wait. Otherwise sleep; rows committed in
@@ -186,20 +193,14 @@ async fn publish_claimed(
     } in in_flight
     {
         let m = &row.message;
-        let confirmation = match tokio::time::timeout_at(deadline, confirm).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(source)) => {
-                return Err(BusError::Amqp {
-                    what: "confirming a publish".into(),
-                    source,
-                }
-                .into());
-            }
-            Err(_) => {
+        let confirmation = match confirmed_by(deadline, "confirming a publish", confirm).await {
+            Ok(c) => c,
+            Err(AmqpError::Timeout(_)) => {
                 warn!(outbox.id = row.id, saga.id = %m.saga_id, "no publisher confirm in time: kept in the outbox");
                 batch.kept += 1;
                 continue;
             }
+            Err(e) => return Err(e.into()),
         };
         match confirmation {
             Confirmation::Ack(None) => {

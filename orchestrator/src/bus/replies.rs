@@ -6,12 +6,13 @@
 //! (workers may add their own).
 
 use lapin::message::Delivery;
+use saga_amqp::clip;
 use saga_wire::{Reply, ReplyBody, StepError};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::consumer::{Ctx, Disposition};
-use super::{clip, find_nul};
+use super::find_nul;
 use crate::engine::ReplyApplied;
 
 /// Why a reply cannot be used, and its command when that could be read.

@@ -1,136 +1,43 @@
 //! The reconnect loop, and one connection's session: declare, open channels, mark ready, run the
 //! relay and the consumers until shutdown or until the connection is lost.
+//!
+//! The loop and the session's life (lose, watch, finish) are `saga_amqp`'s, shared with the
+//! worker SDK; what runs on a session is the bus's.
 
-use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, Event};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use saga_amqp::{BACKOFF_MIN, End, confirming_channel, consume, next_backoff, run_sessions, timed};
 use tokio::sync::Notify;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use super::consumer::{self, Kind};
-use super::{BACKOFF_MAX, BACKOFF_MIN, Bus, BusError, next_backoff, relay, timed, topology};
+use super::{Bus, BusError, relay, topology};
 use crate::engine::Engine;
 
-/// One connection and what runs on it. Anything that finds the connection broken calls
-/// [`Session::lose`]; every task of the session watches [`Session::lost`] and stops.
-pub(super) struct Session {
-    bus: Bus,
-    pub(super) conn: Arc<Connection>,
-    lost: CancellationToken,
-    reason: Mutex<Option<String>>,
-}
-
-impl Session {
-    fn new(bus: Bus, conn: Arc<Connection>) -> Session {
-        Session {
-            bus,
-            conn,
-            lost: CancellationToken::new(),
-            reason: Mutex::new(None),
-        }
-    }
-
-    /// Ends the session: the bus is not ready until the next one is up. The first reason wins.
-    pub(super) fn lose(&self, reason: impl Into<String>) {
-        {
-            let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-            if r.is_none() {
-                *r = Some(reason.into());
-            }
-        }
-        // Cancel before marking down: `mark_up` checks `lost` after publishing the connection, so
-        // that a loss racing with the end of setup can never leave the bus marked ready.
-        self.lost.cancel();
-        self.bus.mark_down(&self.conn);
-    }
-
-    pub(super) fn lost(&self) -> &CancellationToken {
-        &self.lost
-    }
-
-    fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| "the connection ended".into())
-    }
-
-    fn mark_up(&self) {
-        self.bus.mark_up(&self.conn);
-        if self.lost.is_cancelled() {
-            self.bus.mark_down(&self.conn);
-        }
-    }
-}
-
-/// How a session ended.
-enum End {
-    Shutdown,
-    Lost(String),
-}
-
-/// A task that is aborted when its handle is dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// One connection and what runs on it; the bus is ready while one is up. Anything that finds the
+/// connection broken calls `lose`; every task of the session watches `lost` and stops.
+pub(super) type Session = saga_amqp::Session<Bus>;
 
 pub(super) async fn run_forever(bus: Bus, engine: Engine, shutdown: CancellationToken) {
     // LISTEN/NOTIFY hints from other processes' commits; lives across broker reconnects.
     let hint = Arc::new(Notify::new());
-    let _listener = AbortOnDrop(tokio::spawn(relay::listen(
+    let _listener = AbortOnDropHandle::new(tokio::spawn(relay::listen(
         engine.pool().clone(),
         hint.clone(),
     )));
-    let mut delay = BACKOFF_MIN;
-    let mut sessions = 0u64;
-    while !shutdown.is_cancelled() {
+    let connect = || {
         let properties =
             ConnectionProperties::default().with_connection_name("saga-orchestrator".into());
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            c = timed("connecting", Connection::connect(&bus.inner.url, properties)) => c,
-        };
-        match connected {
-            Err(e) => warn!(error = %e, retry_in = ?delay, "cannot connect to RabbitMQ"),
-            Ok(conn) => {
-                sessions += 1;
-                if sessions == 1 {
-                    info!("connected to RabbitMQ");
-                } else {
-                    info!(session = sessions, "reconnected to RabbitMQ");
-                }
-                let since = Instant::now();
-                match run_session(&bus, conn, &engine, &shutdown, &hint).await {
-                    End::Shutdown => break,
-                    End::Lost(reason) => {
-                        warn!(%reason, "lost the RabbitMQ connection; reconnecting");
-                    }
-                }
-                // A session that stayed up a while starts the backoff afresh; one that fails at
-                // once (a refused declare, say) keeps doubling it.
-                if since.elapsed() >= BACKOFF_MAX {
-                    delay = BACKOFF_MIN;
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = next_backoff(delay);
-    }
+        Connection::connect(&bus.inner.url, properties)
+    };
+    run_sessions(&shutdown, connect, |conn| {
+        run_session(&bus, conn, &engine, &shutdown, &hint)
+    })
+    .await;
     info!("the bus stopped");
 }
 
@@ -153,6 +60,12 @@ impl From<BusError> for SetupError {
     }
 }
 
+impl From<saga_amqp::AmqpError> for SetupError {
+    fn from(e: saga_amqp::AmqpError) -> Self {
+        SetupError::Failed(e.into())
+    }
+}
+
 async fn run_session(
     bus: &Bus,
     conn: Connection,
@@ -160,9 +73,8 @@ async fn run_session(
     shutdown: &CancellationToken,
     hint: &Arc<Notify>,
 ) -> End {
-    let conn = Arc::new(conn);
-    let session = Arc::new(Session::new(bus.clone(), conn.clone()));
-    let watcher = AbortOnDrop(tokio::spawn(watch(conn.events_listener(), session.clone())));
+    let session = Arc::new(Session::new(bus.clone(), conn));
+    let watcher = session.watch("publishes");
     let opened = match setup(&session, engine, shutdown).await {
         Ok(opened) => opened,
         Err(e) => {
@@ -175,10 +87,10 @@ async fn run_session(
                 session.lose(e.to_string());
             }
             drop(watcher);
-            return finish(&session, shutdown, &[]).await;
+            return session.finish(shutdown, &[]).await;
         }
     };
-    session.mark_up();
+    bus.mark_up(&session);
     info!("the bus is ready");
 
     let ctx = Arc::new(consumer::Ctx {
@@ -213,7 +125,7 @@ async fn run_session(
         }
     }
     drop(watcher);
-    finish(&session, shutdown, &channels).await
+    session.finish(shutdown, &channels).await
 }
 
 /// Declares the topology and opens the relay's, the dead letters' and the consumers' channels.
@@ -222,7 +134,7 @@ async fn setup(
     engine: &Engine,
     shutdown: &CancellationToken,
 ) -> Result<Opened, SetupError> {
-    let conn = &session.conn;
+    let conn = session.connection();
     let ch = timed("opening a channel", conn.create_channel()).await?;
     topology::declare_base(&ch).await?;
     let names = task_names(session, engine, shutdown).await?;
@@ -235,22 +147,8 @@ async fn setup(
     let mut consumers = Vec::new();
     for kind in Kind::ALL {
         let ch = timed("opening a channel", conn.create_channel()).await?;
-        let prefetch = kind.concurrency(session.bus.inner.reply_concurrency);
-        timed(
-            format!("setting the prefetch of {}", kind.queue()),
-            ch.basic_qos(prefetch, BasicQosOptions::default()),
-        )
-        .await?;
-        let consumer = timed(
-            format!("consuming {}", kind.queue()),
-            ch.basic_consume(
-                kind.queue().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let prefetch = kind.concurrency(session.owner().inner.reply_concurrency);
+        let consumer = consume(&ch, kind.queue(), prefetch).await?;
         consumers.push((kind, ch, consumer));
     }
     Ok(Opened {
@@ -258,16 +156,6 @@ async fn setup(
         dead_letters,
         consumers,
     })
-}
-
-async fn confirming_channel(conn: &Connection) -> Result<Channel, BusError> {
-    let ch = timed("opening a channel", conn.create_channel()).await?;
-    timed(
-        "enabling publisher confirms",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await?;
-    Ok(ch)
 }
 
 /// Every registered task name; retried while Postgres is unreachable (the bus is not ready
@@ -285,63 +173,15 @@ async fn task_names(
                 warn!(error = %e, retry_in = ?delay, "cannot read the task names to declare their queues")
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(SetupError::Stopped),
-            _ = session.lost().cancelled() => return Err(SetupError::Stopped),
-            _ = tokio::time::sleep(delay) => {}
-        }
+        session
+            .sleep(delay, shutdown)
+            .await
+            .map_err(|_| SetupError::Stopped)?;
         delay = next_backoff(delay);
     }
 }
 
 /// Whether the broker refused an operation (as opposed to the connection failing).
 fn is_refusal(e: &BusError) -> bool {
-    matches!(e, BusError::Amqp { source, .. } if source.is_amqp_soft_error())
-}
-
-/// Ends a session: closes its channels and its connection (when they are still open: a session
-/// can be lost with its connection up, when the broker cancelled a consumer), and says why it
-/// ended.
-async fn finish(session: &Session, shutdown: &CancellationToken, channels: &[Channel]) -> End {
-    session.bus.mark_down(&session.conn);
-    for ch in channels {
-        if ch.status().connected() {
-            let _ = timed("closing a channel", ch.close(200, "OK".into())).await;
-        }
-    }
-    if session.conn.status().connected() {
-        match timed(
-            "closing the connection",
-            session.conn.close(200, "OK".into()),
-        )
-        .await
-        {
-            Ok(()) => debug!("closed the RabbitMQ connection"),
-            Err(e) => debug!(error = %e, "closing the RabbitMQ connection"),
-        }
-    }
-    if shutdown.is_cancelled() {
-        info!("closed the RabbitMQ connection for shutdown");
-        End::Shutdown
-    } else {
-        End::Lost(session.reason())
-    }
-}
-
-/// Watches the connection's events: an error ends the session.
-async fn watch(events: impl Stream<Item = Event>, session: Arc<Session>) {
-    let mut events = pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Event::Error(e) => {
-                session.lose(format!("connection error: {e}"));
-                return;
-            }
-            Event::ConnectionBlocked(reason) => {
-                warn!(%reason, "RabbitMQ blocked the connection: publishes wait until it unblocks");
-            }
-            Event::ConnectionUnblocked => info!("RabbitMQ unblocked the connection"),
-            _ => {}
-        }
-    }
+    matches!(e, BusError::Amqp(e) if e.is_refusal())
 }

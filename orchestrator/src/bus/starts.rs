@@ -5,11 +5,12 @@
 //! JSON, as the API compares it.
 
 use lapin::message::Delivery;
+use saga_amqp::clip;
 use serde_json::{Map, Value};
 
 use super::consumer::{Ctx, Disposition};
 use super::replies::kind_of;
-use super::{clip, escape_pointer, find_nul};
+use super::{escape_pointer, find_nul};
 use crate::definition::Violation;
 use crate::engine::{EngineError, StartRequest};
 

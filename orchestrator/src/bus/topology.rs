@@ -5,12 +5,13 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
+use saga_amqp::timed;
 use saga_wire::{
     COMMANDS_EXCHANGE, EVENTS_DLQ, EVENTS_EXCHANGE, EVENTS_INBOX, LIFECYCLE_EXCHANGE, REPLIES_DLQ,
     REPLIES_QUEUE, START_DLQ, START_QUEUE, task_queue,
 };
 
-use super::{BusError, timed};
+use super::BusError;
 
 /// The queues every orchestrator declares, whatever the definitions.
 pub(super) const BASE_QUEUES: [&str; 6] = [
@@ -68,7 +69,8 @@ pub(super) async fn declare_base(ch: &Channel) -> Result<(), BusError> {
             FieldTable::default(),
         ),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// `saga.task.T`, bound to `saga.commands` with key `T`, for each name, on `ch`.

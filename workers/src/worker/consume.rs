@@ -5,22 +5,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    QueueDeclareOptions,
-};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::options::{BasicAckOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, Consumer, ErrorKind};
+use lapin::{Channel, Connection, Consumer};
+use saga_amqp::{AmqpError, BACKOFF_MIN, Session, clip, consume, next_backoff, timed};
 use saga_wire::{Command, REPLIES_QUEUE, Reply, ReplyBody, task_queue};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::session::Session;
-use super::{BACKOFF_MIN, BrokerError, Shared, clip, next_backoff, reply, timed};
+use super::{Shared, reply};
 use crate::Context;
 use crate::handler::Handler;
 
@@ -37,36 +32,21 @@ pub(super) async fn run(
     let queue = task_queue(&task);
     let (channel, mut consumer) = open(&shared, &session, &queue).await?;
     info!(queue, "consuming");
-    let lost = session.lost().clone();
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => break,
-            _ = lost.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => {
-                session.lose(format!("the consumer of {queue} failed: {e}"));
-                break;
-            }
-            None => {
-                session.lose(format!("the broker cancelled the consumer of {queue}"));
-                break;
-            }
+        let Some(delivery) = session
+            .next_delivery(&mut consumer, &queue, &shared.shutdown)
+            .await
+        else {
+            break;
         };
         // The permit is taken after the delivery, not before: a consumer waiting for its next
         // command must not hold a permit another task's commands could use. A delivery dropped
         // here unacknowledged goes back to the queue when its channel closes.
-        let permit = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => break,
-            _ = lost.cancelled() => break,
-            permit = shared.permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let permit = session
+            .until_stopped(&shared.shutdown, shared.permits.clone().acquire_owned())
+            .await;
+        let Ok(Ok(permit)) = permit else {
+            break;
         };
         let job = handle(
             queue.clone(),
@@ -85,18 +65,9 @@ pub(super) async fn run(
             }
         });
     }
-    if !lost.is_cancelled() {
-        // Shutdown: the broker sends no more; what it sent and was not taken goes back to the
-        // queue when the channel closes.
-        if let Err(e) = timed(
-            format!("cancelling the consumer of {queue}"),
-            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-        )
-        .await
-        {
-            debug!(error = %e, "cancelling a consumer");
-        }
-    }
+    // Shutdown: the broker sends no more; what it sent and was not taken goes back to the queue
+    // when the channel closes.
+    session.stop_consuming(&channel, &consumer, &queue).await;
     Some((channel, consumer))
 }
 
@@ -104,11 +75,11 @@ pub(super) async fn run(
 enum OpenError {
     /// The queue does not exist (yet).
     Missing,
-    Broken(BrokerError),
+    Broken(AmqpError),
 }
 
-impl From<BrokerError> for OpenError {
-    fn from(e: BrokerError) -> Self {
+impl From<AmqpError> for OpenError {
+    fn from(e: AmqpError) -> Self {
         OpenError::Broken(e)
     }
 }
@@ -120,7 +91,7 @@ async fn open(shared: &Shared, session: &Session, queue: &str) -> Option<(Channe
     let mut delay = BACKOFF_MIN;
     let mut waited = false;
     loop {
-        match try_open(&session.conn, queue, shared.config.prefetch).await {
+        match try_open(session.connection(), queue, shared.config.prefetch).await {
             Ok(opened) => {
                 if waited {
                     info!(queue, "the task queue exists now");
@@ -138,9 +109,7 @@ async fn open(shared: &Shared, session: &Session, queue: &str) -> Option<(Channe
                 debug!(queue, retry_in = ?delay, "the task queue does not exist yet")
             }
             Err(OpenError::Broken(e)) => {
-                if let BrokerError::Amqp { source, .. } = &e
-                    && source.is_amqp_soft_error()
-                {
+                if e.is_refusal() {
                     // Refused for another reason than absence (permissions, say): someone must act.
                     error!(queue, error = %e, "cannot consume the task queue");
                 }
@@ -148,11 +117,7 @@ async fn open(shared: &Shared, session: &Session, queue: &str) -> Option<(Channe
                 return None;
             }
         }
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return None,
-            _ = session.lost().cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        session.sleep(delay, &shared.shutdown).await.ok()?;
         delay = next_backoff(delay);
     }
 }
@@ -179,31 +144,11 @@ async fn try_open(
     .await;
     match declared {
         Ok(_) => {}
-        Err(BrokerError::Amqp { source, .. }) if is_not_found(&source) => {
-            return Err(OpenError::Missing);
-        }
+        Err(e) if e.is_not_found() => return Err(OpenError::Missing),
         Err(e) => return Err(e.into()),
     }
-    timed(
-        format!("setting the prefetch of {queue}"),
-        ch.basic_qos(prefetch, BasicQosOptions::default()),
-    )
-    .await?;
-    let consumer = timed(
-        format!("consuming {queue}"),
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let consumer = consume(&ch, queue, prefetch).await?;
     Ok((ch, consumer))
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), ErrorKind::ProtocolError(p) if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
 }
 
 /// One command, from delivery to acknowledgement.
@@ -225,12 +170,12 @@ async fn handle(
                 body = %clip(&String::from_utf8_lossy(&delivery.data), 2048),
                 "rejecting a message that is not a command (not JSON, or a field missing or of the wrong type): it can never be answered"
             );
-            settle(
-                "rejecting a message",
-                &session,
-                delivery.acker.reject(BasicRejectOptions { requeue: false }),
-            )
-            .await;
+            session
+                .settle(
+                    "rejecting a message",
+                    delivery.acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await;
             return;
         }
     };
@@ -276,12 +221,12 @@ async fn handle(
         };
         match reply::publish(&replies, &reply_to, &reply, &session, &shutdown).await {
             Ok(()) => {
-                settle(
-                    "acknowledging a command",
-                    &session,
-                    delivery.acker.ack(BasicAckOptions::default()),
-                )
-                .await;
+                session
+                    .settle(
+                        "acknowledging a command",
+                        delivery.acker.ack(BasicAckOptions::default()),
+                    )
+                    .await;
             }
             Err(reply::Stopped) => debug!(
                 "stopping before the reply was confirmed: the command is left to the broker, which redelivers it"
@@ -290,18 +235,4 @@ async fn handle(
     }
     .instrument(span)
     .await
-}
-
-/// Acks or rejects a delivery.
-async fn settle(
-    what: &str,
-    session: &Session,
-    op: impl Future<Output = Result<bool, lapin::Error>>,
-) {
-    match timed(what, op).await {
-        Ok(true) => debug!("{what}: done"),
-        // The channel closed under it: the broker redelivers the command.
-        Ok(false) => debug!("{what}: no longer possible (its channel closed)"),
-        Err(e) => session.lose(e.to_string()),
-    }
 }

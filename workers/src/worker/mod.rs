@@ -4,11 +4,12 @@
 //! anything (the orchestrator owns the topology: a missing task queue is waited for, with a
 //! passive declare); stop on a command it cannot parse or a handler that panics.
 //!
-//! Each connection is a *session* ([`session`]): it opens a confirming channel for replies and a
-//! consumer per task queue ([`consume`]), and runs until shutdown or until anything reports the
-//! connection lost (a connection error, a consumer that fails or that the broker cancels, a
-//! channel operation that fails). Then the loop connects again, backing off from 100 ms to 5 s
-//! by doubling. lapin's own recovery is not used (CRATES.md).
+//! Each connection is a *session* ([`session`], a `saga_amqp::Session`, shared with the
+//! orchestrator's bus): it opens a confirming channel for replies and a consumer per task queue
+//! ([`consume`]), and runs until shutdown or until anything reports the connection lost (a
+//! connection error, a consumer that fails or that the broker cancels, a channel operation that
+//! fails). Then the loop (`saga_amqp::run_sessions`) connects again, backing off from 100 ms to
+//! 5 s by doubling. lapin's own recovery is not used (CRATES.md).
 //!
 //! Handlers outlive the session that delivered them: one that is halfway through its side effect
 //! when the connection drops runs to its end (so that an idempotency record is written, and the
@@ -21,27 +22,15 @@ mod reply;
 mod session;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
-use thiserror::Error;
+use saga_amqp::{OP_TIMEOUT, run_sessions};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::builder::{Config, DEFAULT_AMQP_URL, WorkerBuilder};
-use session::End;
-
-/// How long one broker operation (connect, open a channel, declare, publish, ack) may take.
-const OP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a reply's publisher confirm may take.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff between reconnects, between looks for a missing task queue, between publishes of an
-/// unroutable reply.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// A step worker: consumes the commands of its tasks and replies to the orchestrator. Built with
 /// [`Worker::builder`]; runs with [`Worker::run`] or [`Worker::run_until_signal`].
@@ -99,49 +88,15 @@ impl Worker {
             concurrency = shared.config.concurrency,
             "the worker starts"
         );
-        let shutdown = shared.shutdown.clone();
-        let mut delay = BACKOFF_MIN;
-        let mut sessions = 0u64;
-        while !shutdown.is_cancelled() {
+        let connect = || {
             let properties = ConnectionProperties::default()
                 .with_connection_name(shared.config.connection_name.as_str().into());
-            let connecting = timed(
-                "connecting",
-                Connection::connect_uri(shared.config.uri.clone(), properties),
-            );
-            let connected = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                c = connecting => c,
-            };
-            match connected {
-                Err(e) => warn!(error = %e, retry_in = ?delay, "cannot connect to RabbitMQ"),
-                Ok(conn) => {
-                    sessions += 1;
-                    if sessions == 1 {
-                        info!("connected to RabbitMQ");
-                    } else {
-                        info!(session = sessions, "reconnected to RabbitMQ");
-                    }
-                    let since = Instant::now();
-                    match session::run(&shared, conn).await {
-                        End::Shutdown => break,
-                        End::Lost(reason) => {
-                            warn!(%reason, "lost the RabbitMQ connection; reconnecting");
-                        }
-                    }
-                    // A session that stayed up a while starts the backoff afresh; one that fails
-                    // at once keeps doubling it.
-                    if since.elapsed() >= BACKOFF_MAX {
-                        delay = BACKOFF_MIN;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = next_backoff(delay);
-        }
+            Connection::connect_uri(shared.config.uri.clone(), properties)
+        };
+        run_sessions(&shared.shutdown, connect, |conn| {
+            session::run(&shared, conn)
+        })
+        .await;
         // Handlers of a session that was lost, or of one that ended during the shutdown.
         shared.drain().await;
         info!("the worker stopped");
@@ -236,74 +191,5 @@ impl Shared {
         } else {
             debug!("the handlers in flight finished");
         }
-    }
-}
-
-/// A broker operation that failed.
-#[derive(Debug, Error)]
-enum BrokerError {
-    #[error("RabbitMQ refused {what}: {source}")]
-    Amqp {
-        what: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("RabbitMQ did not answer {0} in time")]
-    Timeout(String),
-}
-
-/// Runs a broker operation with [`OP_TIMEOUT`], naming it in the error.
-async fn timed<T>(
-    what: impl Into<String>,
-    op: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, BrokerError> {
-    match tokio::time::timeout(OP_TIMEOUT, op).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(BrokerError::Amqp {
-            what: what.into(),
-            source,
-        }),
-        Err(_) => Err(BrokerError::Timeout(what.into())),
-    }
-}
-
-/// The next delay of a 100 ms → 5 s doubling backoff.
-fn next_backoff(delay: Duration) -> Duration {
-    (delay * 2).min(BACKOFF_MAX)
-}
-
-/// Shortens text taken from a message, for logs: at most `max` characters.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut d = BACKOFF_MIN;
-        let mut seen = vec![d];
-        for _ in 0..8 {
-            d = next_backoff(d);
-            seen.push(d);
-        }
-        assert_eq!(seen[1], Duration::from_millis(200));
-        assert_eq!(seen[5], Duration::from_millis(3200));
-        assert_eq!(seen[6], BACKOFF_MAX);
-        assert_eq!(seen[8], BACKOFF_MAX);
-    }
-
-    #[test]
-    fn clip_keeps_short_text() {
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(clip("abcd", 3), "abc…");
     }
 }

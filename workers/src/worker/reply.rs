@@ -8,15 +8,12 @@
 //! until shutdown or the loss of the connection leave the command to the broker.
 
 use chrono::Utc;
-use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
+use saga_amqp::{BACKOFF_MIN, Session, next_backoff, publish_to_queue};
 use saga_wire::Reply;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
-
-use super::session::Session;
-use super::{BACKOFF_MIN, CONFIRM_TIMEOUT, next_backoff, timed};
 
 /// The reply was not confirmed, and will not be: the command must not be acknowledged.
 #[derive(Debug)]
@@ -45,35 +42,18 @@ pub(super) async fn publish(
     let mut delay = BACKOFF_MIN;
     let mut unroutable = 0u32;
     loop {
-        let published = timed(
-            format!("publishing a reply to {reply_to}"),
-            channel.basic_publish(
-                "".into(),
-                reply_to.clone(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                properties.clone(),
-            ),
+        let confirmation = match publish_to_queue(
+            channel,
+            &format!("publishing a reply to {reply_to}"),
+            reply_to.clone(),
+            &payload,
+            properties.clone(),
         )
-        .await;
-        let confirm = match published {
-            Ok(confirm) => confirm,
+        .await
+        {
+            Ok(c) => c,
             Err(e) => {
                 session.lose(e.to_string());
-                return Err(Stopped);
-            }
-        };
-        let confirmation = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                session.lose(format!("confirming a reply: {e}"));
-                return Err(Stopped);
-            }
-            Err(_) => {
-                session.lose("RabbitMQ did not confirm a reply in time");
                 return Err(Stopped);
             }
         };
@@ -103,11 +83,7 @@ pub(super) async fn publish(
                 return Err(Stopped);
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Stopped),
-            _ = session.lost().cancelled() => return Err(Stopped),
-            _ = tokio::time::sleep(delay) => {}
-        }
+        session.sleep(delay, shutdown).await.map_err(|_| Stopped)?;
         delay = next_backoff(delay);
     }
 }

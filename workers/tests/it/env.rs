@@ -150,8 +150,9 @@ mod capture {
     }
 }
 
-/// Installs, once per process, a subscriber that captures `saga_worker`'s events (and the test's
-/// own) from `info` up, and prints whatever `RUST_LOG` asks for.
+/// Installs, once per process, a subscriber that captures `saga_worker`'s events (with those of
+/// `saga_amqp`, where its connection loop and sessions log, and the test's own) from `info` up,
+/// and prints whatever `RUST_LOG` asks for.
 pub fn init_tracing() {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -160,6 +161,7 @@ pub fn init_tracing() {
         let capture = capture::Capture.with_filter(
             Targets::new()
                 .with_target("saga_worker", LevelFilter::INFO)
+                .with_target("saga_amqp", LevelFilter::INFO)
                 .with_target("it", LevelFilter::INFO),
         );
         let print = std::env::var_os("RUST_LOG").map(|_| {
