@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -54,8 +55,8 @@ impl App {
             );
         }
         let pool = store::connect(&config.database_url, config.db_pool).await?;
-        let engine = Engine::new(pool, config.stuck_after);
         let bus = Bus::new(config.amqp_url.clone(), config.reply_concurrency);
+        let engine = Engine::new(pool, config.stuck_after, Some(Arc::new(bus.clone())));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {

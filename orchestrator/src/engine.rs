@@ -18,9 +18,13 @@ use uuid::Uuid;
 use crate::definition::{Definition, Violation, parse_definition};
 use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
 use crate::metrics::Metrics;
-use crate::status::{self, SagaStatus, View};
+use crate::status::{self, QueueState, SagaStatus, View};
 use crate::store::{self, StoreError, definitions::StoredDefinition, history::HistoryEntry};
 use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE, Reply, ReplyBody};
+
+mod bulk;
+
+pub use bulk::{BulkAction, BulkItem, BulkOutcome, BulkReport, BulkRequest};
 
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -79,6 +83,17 @@ pub enum ReplyApplied {
     UnknownCommand,
 }
 
+/// Asks the broker about task queues; the bus implements it. The engine uses it to say, of a
+/// stuck saga, whether anyone consumes the queue the saga waits on.
+pub trait QueueProbe: Send + Sync {
+    /// The state of each task's queue that the broker could tell about; a task it could not
+    /// (the broker is away) is left out.
+    fn queues<'a>(
+        &'a self,
+        tasks: Vec<String>,
+    ) -> futures::future::BoxFuture<'a, HashMap<String, QueueState>>;
+}
+
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -94,10 +109,12 @@ struct Inner {
     /// Fired at shutdown: long polls answer at once instead of holding the server open.
     closing: CancellationToken,
     metrics: Metrics,
+    queues: Option<Arc<dyn QueueProbe>>,
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, stuck_after: Duration) -> Self {
+    /// `queues`: where stuck reasons learn about task queues (None: they say nothing of them).
+    pub fn new(pool: PgPool, stuck_after: Duration, queues: Option<Arc<dyn QueueProbe>>) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 pool,
@@ -108,6 +125,7 @@ impl Engine {
                 stuck_after,
                 closing: CancellationToken::new(),
                 metrics: Metrics::default(),
+                queues,
             }),
         }
     }
@@ -588,7 +606,28 @@ impl Engine {
             now,
             stuck_after: self.inner.stuck_after,
             unpublished_since,
+            queue: None,
             with_steps,
+        }
+    }
+
+    /// The broker's view of the queue each stuck saga waits on, filled into its view.
+    async fn add_queues(&self, rendering: &mut [(&Saga, Arc<Definition>, View)]) {
+        let Some(probe) = &self.inner.queues else {
+            return;
+        };
+        let mut tasks: Vec<String> = rendering
+            .iter()
+            .filter_map(|(saga, def, view)| status::stuck_task(saga, def, view).map(str::to_owned))
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        tasks.sort();
+        tasks.dedup();
+        let queues = probe.queues(tasks).await;
+        for (saga, def, view) in rendering.iter_mut() {
+            view.queue = status::stuck_task(saga, def, view).and_then(|t| queues.get(t).copied());
         }
     }
 
@@ -613,11 +652,10 @@ impl Engine {
         } else {
             None
         };
-        Ok(status::render(
-            saga,
-            &def,
-            self.view(now, unpublished, with_steps),
-        ))
+        let mut rendering = [(saga, def, self.view(now, unpublished, with_steps))];
+        self.add_queues(&mut rendering).await;
+        let [(saga, def, view)] = rendering;
+        Ok(status::render(saga, &def, view))
     }
 
     // ----- reads -------------------------------------------------------------------------------
@@ -686,13 +724,19 @@ impl Engine {
     ) -> Result<(Vec<SagaStatus>, Option<(DateTime<Utc>, Uuid)>), EngineError> {
         let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
         let (sagas, now) = store::sagas::list(&mut conn, filter, self.inner.stuck_after).await?;
-        let mut items = Vec::with_capacity(sagas.len());
+        let mut rendering = Vec::with_capacity(sagas.len());
         for saga in &sagas {
             let def = self
                 .definition(&mut conn, &saga.definition, saga.version)
                 .await?;
-            items.push(status::render(saga, &def, self.view(now, None, false)));
+            rendering.push((saga, def, self.view(now, None, false)));
         }
+        drop(conn);
+        self.add_queues(&mut rendering).await;
+        let items: Vec<SagaStatus> = rendering
+            .iter()
+            .map(|(saga, def, view)| status::render(saga, def, *view))
+            .collect();
         let full = i64::try_from(items.len()).unwrap_or(i64::MAX) >= filter.limit;
         let next = full
             .then(|| sagas.last().map(|s| (s.created_at, s.id)))

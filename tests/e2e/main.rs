@@ -10,6 +10,7 @@ mod crash;
 mod definitions;
 mod engine;
 mod escrow;
+mod operations;
 mod sagas_api;
 mod signals;
 

@@ -10,6 +10,7 @@
 
 mod actions;
 mod auth;
+mod bulk;
 mod definitions;
 mod extract;
 mod health;
@@ -18,6 +19,7 @@ mod listing;
 mod openapi;
 mod params;
 mod problem;
+mod queues;
 mod sagas;
 
 use std::time::Duration;
@@ -86,6 +88,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/retry", post(actions::retry))
         .route("/v1/sagas/{id}/skip", post(actions::skip))
         .route("/v1/sagas/{id}/terminate", post(actions::terminate))
+        .route("/v1/bulk/retry", post(bulk::retry))
+        .route("/v1/bulk/terminate", post(bulk::terminate))
+        .route("/v1/queues", get(queues::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

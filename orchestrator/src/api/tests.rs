@@ -33,7 +33,7 @@ fn app(tokens: Vec<ApiToken>) -> Router {
         .acquire_timeout(Duration::from_millis(200))
         .connect_lazy(&config.database_url)
         .expect("lazy pool");
-    let engine = Engine::new(pool, config.stuck_after);
+    let engine = Engine::new(pool, config.stuck_after, None);
     let bus = Bus::new(config.amqp_url.clone(), config.reply_concurrency);
     router(AppState::new(engine, bus, &config))
 }

@@ -37,6 +37,7 @@
 mod consumer;
 mod deadletter;
 mod events;
+mod queues;
 mod relay;
 mod replies;
 mod session;
@@ -80,6 +81,8 @@ struct Inner {
     ready: AtomicBool,
     /// The connection of the session that is up, for declares made from outside (the API).
     current: Mutex<Option<Arc<Connection>>>,
+    /// The broker's last answers about task queues.
+    queues: Mutex<queues::Cache>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -100,6 +103,7 @@ impl Bus {
                 reply_concurrency: reply_concurrency.max(1),
                 ready: AtomicBool::new(false),
                 current: Mutex::new(None),
+                queues: Mutex::new(queues::Cache::new()),
             }),
         }
     }

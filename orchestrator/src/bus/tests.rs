@@ -105,7 +105,7 @@ impl Env {
         let pool = store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 6)
             .await
             .expect("create and migrate the test database");
-        let engine = Engine::new(pool, Duration::from_secs(300));
+        let engine = Engine::new(pool, Duration::from_secs(300), None);
         let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
         let client = Client::connect(&url).await;
         Env {
@@ -895,7 +895,7 @@ async fn a_reply_is_held_while_postgres_is_unreachable_and_left_to_the_broker_on
         .connect(&format!("postgres://postgres@127.0.0.1:5432/{}", env.name))
         .await
         .expect("a second pool");
-    let engine = Engine::new(pool.clone(), Duration::from_secs(300));
+    let engine = Engine::new(pool.clone(), Duration::from_secs(300), None);
     env.running = Some(tokio::spawn(
         env.bus.clone().run(engine, env.shutdown.clone()),
     ));

@@ -32,7 +32,7 @@ mod effects;
 mod proptests;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use chrono::{DateTime, Utc};
 use saga_wire::{CommandKind, StepError};

@@ -22,24 +22,24 @@ use crate::definition::{Action, Definition, parse_definition};
 
 pub(super) const SAGA_ID: Uuid = Uuid::from_u128(0x5a6a);
 
-pub(super) fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0)
         .single()
         .expect("a valid time")
 }
 
-pub(super) fn definition(doc: Value) -> Definition {
+pub(crate) fn definition(doc: Value) -> Definition {
     parse_definition(&doc).expect("a valid definition")
 }
 
 /// A definition named `test` with these steps.
-pub(super) fn saga_of(steps: Vec<Value>) -> Definition {
+pub(crate) fn saga_of(steps: Vec<Value>) -> Definition {
     definition(json!({ "name": "test", "steps": steps }))
 }
 
 /// A task step `name` (task `name.do`, compensation `name.undo` when `compensate`), 10s per
 /// attempt, 3 forward attempts (backoff 1s, 2s, …), 2 compensation attempts.
-pub(super) fn task(name: &str, compensate: bool) -> Value {
+pub(crate) fn task(name: &str, compensate: bool) -> Value {
     let mut t = json!({
         "name": name,
         "task": format!("{name}.do"),
@@ -53,13 +53,13 @@ pub(super) fn task(name: &str, compensate: bool) -> Value {
     t
 }
 
-pub(super) fn with_attempts(mut t: Value, forward: u32, compensation: u32) -> Value {
+pub(crate) fn with_attempts(mut t: Value, forward: u32, compensation: u32) -> Value {
     t["retry"]["max_attempts"] = json!(forward);
     t["compensation_retry"]["max_attempts"] = json!(compensation);
     t
 }
 
-pub(super) fn await_step(name: &str, event: &str) -> Value {
+pub(crate) fn await_step(name: &str, event: &str) -> Value {
     json!({ "name": name, "await": event, "timeout": "1h" })
 }
 
@@ -83,7 +83,7 @@ fn err(code: &str, retryable: bool) -> Outcome {
 
 /// Plays the shell around the machine: one saga, its timers, every command and history entry.
 #[derive(Debug, Clone)]
-pub(super) struct Driver {
+pub(crate) struct Driver {
     pub def: Definition,
     pub saga: Saga,
     pub now: DateTime<Utc>,

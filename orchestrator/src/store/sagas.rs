@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -202,30 +202,20 @@ pub async fn list(
     filter: &ListFilter,
     stuck_after: std::time::Duration,
 ) -> Result<(Vec<Saga>, DateTime<Utc>), StoreError> {
-    let states: Option<Vec<&str>> =
-        (!filter.states.is_empty()).then(|| filter.states.iter().map(|s| s.as_str()).collect());
-    let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas
-         WHERE ($1::text[] IS NULL OR state = ANY($1))
-           AND ($2::text IS NULL OR definition = $2)
-           AND ($3::timestamptz IS NULL OR updated_at < $3)
-           AND ($4::bool IS NULL OR $4 = (state = 'suspended' OR (state IN ('running', 'compensating')
-                AND wait_until < clock_timestamp() - make_interval(secs => $5))))
-           AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $8"
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE true"
     ));
-    let rows = sqlx::query(sql)
-        .bind(states)
-        .bind(&filter.definition)
-        .bind(filter.updated_before)
-        .bind(filter.stuck)
-        .bind(stuck_after.as_secs_f64())
-        .bind(filter.after.map(|a| a.0))
-        .bind(filter.after.map(|a| a.1))
-        .bind(filter.limit)
-        .fetch_all(&mut *conn)
-        .await?;
+    push_conditions(&mut q, filter, stuck_after);
+    if let Some((created_at, id)) = filter.after {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(filter.limit);
+    let rows = q.build().fetch_all(&mut *conn).await?;
     let now = match rows.first() {
         Some(r) => r.try_get("db_now")?,
         None => db_now(conn).await?,
@@ -233,8 +223,139 @@ pub async fn list(
     Ok((rows.iter().map(decode).collect::<Result<_, _>>()?, now))
 }
 
+/// How many sagas match `filter` (its keyset and limit aside), counting at most `cap`.
+pub async fn count(
+    conn: &mut PgConnection,
+    filter: &ListFilter,
+    stuck_after: std::time::Duration,
+    cap: i64,
+) -> Result<i64, StoreError> {
+    let mut q =
+        QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1 FROM sagas WHERE true");
+    push_conditions(&mut q, filter, stuck_after);
+    q.push(" LIMIT ").push_bind(cap).push(") AS matching");
+    Ok(q.build_query_scalar().fetch_one(conn).await?)
+}
+
+/// The states whose sagas `sagas_live_created` indexes (a partial index).
+const LIVE: [SagaState; 3] = [
+    SagaState::Running,
+    SagaState::Compensating,
+    SagaState::Suspended,
+];
+
+/// The filters that were given, and only those: each combination gets a plan of its own. Shapes
+/// and plans on a million sagas: docs/operations.md. Live states are written as literals so that
+/// even a generic plan sees it may use the partial index of live sagas.
+fn push_conditions(
+    q: &mut QueryBuilder<Postgres>,
+    filter: &ListFilter,
+    stuck_after: std::time::Duration,
+) {
+    if !filter.states.is_empty() {
+        if filter.states.iter().all(|s| LIVE.contains(s)) {
+            let literals: Vec<String> = LIVE
+                .iter()
+                .filter(|s| filter.states.contains(s))
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            q.push(format!(" AND state IN ({})", literals.join(", ")));
+        } else {
+            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+            q.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+    }
+    if let Some(definition) = &filter.definition {
+        q.push(" AND definition = ").push_bind(definition.clone());
+    }
+    if let Some(before) = filter.updated_before {
+        // `updated_at >= created_at` always (both from the database's clock): the second half
+        // turns the filter into a bound on the `created_at` index.
+        q.push(" AND updated_at < ")
+            .push_bind(before)
+            .push(" AND created_at < ")
+            .push_bind(before);
+    }
+    if let Some(stuck) = filter.stuck {
+        // Stuck: suspended, or waiting (running, compensating) past its wait by the threshold.
+        let overdue_before = "clock_timestamp() - make_interval(secs => ";
+        if stuck {
+            q.push(" AND state IN ('running', 'compensating', 'suspended') AND (state = 'suspended' OR wait_until < ")
+                .push(overdue_before)
+                .push_bind(stuck_after.as_secs_f64())
+                .push("))");
+        } else {
+            q.push(" AND (state NOT IN ('running', 'compensating', 'suspended') OR (state <> 'suspended' AND (wait_until IS NULL OR wait_until >= ")
+                .push(overdue_before)
+                .push_bind(stuck_after.as_secs_f64())
+                .push("))))");
+        }
+    }
+}
+
 pub async fn db_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
     Ok(sqlx::query_scalar("SELECT clock_timestamp()")
         .fetch_one(conn)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn conditions(filter: ListFilter) -> String {
+        let mut q = QueryBuilder::<Postgres>::new("WHERE true");
+        push_conditions(&mut q, &filter, Duration::from_secs(300));
+        q.into_string()
+    }
+
+    #[test]
+    fn only_the_filters_given_are_in_the_query() {
+        assert_eq!(conditions(ListFilter::default()), "WHERE true");
+        assert_eq!(
+            conditions(ListFilter {
+                definition: Some("order".into()),
+                ..ListFilter::default()
+            }),
+            "WHERE true AND definition = $1"
+        );
+    }
+
+    #[test]
+    fn live_states_are_literals_so_a_generic_plan_can_use_the_partial_index() {
+        let live = conditions(ListFilter {
+            states: vec![SagaState::Suspended, SagaState::Running],
+            ..ListFilter::default()
+        });
+        assert_eq!(live, "WHERE true AND state IN ('running', 'suspended')");
+        let mixed = conditions(ListFilter {
+            states: vec![SagaState::Running, SagaState::Completed],
+            ..ListFilter::default()
+        });
+        assert_eq!(mixed, "WHERE true AND state = ANY($1)");
+    }
+
+    #[test]
+    fn updated_before_also_bounds_created_at_and_stuck_names_the_live_states() {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let q = conditions(ListFilter {
+            updated_before: Some(at),
+            stuck: Some(true),
+            ..ListFilter::default()
+        });
+        assert!(
+            q.starts_with("WHERE true AND updated_at < $1 AND created_at < $2 AND state IN ('running', 'compensating', 'suspended') AND (state = 'suspended' OR wait_until < "),
+            "{q}"
+        );
+        let not_stuck = conditions(ListFilter {
+            stuck: Some(false),
+            ..ListFilter::default()
+        });
+        assert!(
+            not_stuck.contains("wait_until IS NULL OR wait_until >= "),
+            "a running saga without a timed wait is not stuck: {not_stuck}"
+        );
+    }
 }
