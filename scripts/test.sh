@@ -8,4 +8,8 @@ if ! command -v rabbitmqctl >/dev/null 2>&1; then
   echo "error: the tests give each test its own RabbitMQ vhost with rabbitmqctl, which is missing: apt-get install rabbitmq-server" >&2
   exit 1
 fi
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  echo "error: the dashboard's test drives headless Chromium, which is missing: apt-get install chromium (or set CHROMIUM to a Chromium binary)" >&2
+  exit 1
+fi
 exec cargo test --workspace --locked "$@"

@@ -7,6 +7,7 @@
 mod access;
 mod amqp;
 mod crash;
+mod dashboard;
 mod definitions;
 mod engine;
 mod escrow;

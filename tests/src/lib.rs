@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod browser;
 pub mod env;
 pub mod http;
 pub mod worker;

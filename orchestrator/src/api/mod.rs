@@ -21,6 +21,7 @@ mod params;
 mod problem;
 mod queues;
 mod sagas;
+mod ui;
 
 use std::time::Duration;
 
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bulk/retry", post(bulk::retry))
         .route("/v1/bulk/terminate", post(bulk::terminate))
         .route("/v1/queues", get(queues::list))
+        .route("/ui", get(ui::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -37,6 +37,7 @@ mod tests {
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/ui", &["get"]),
     ];
 
     fn doc() -> Value {
