@@ -13,11 +13,12 @@ use uuid::Uuid;
 
 const LONG_ABOUT: &str = "\
 Operate the saga orchestrator over its REST API: find stuck sagas, inspect their steps and
-history, retry, skip or terminate them, register definitions and start sagas.
+history, retry, skip or terminate them (one by one or in bulk), see the task queues, register
+definitions and start sagas.
 
 Every command talks only to the REST API at --url (env SAGA_URL). With tokens configured on the
 orchestrator, give one with --token (env SAGA_TOKEN; never printed): a client token may read,
-register, start and cancel; retry, skip and terminate need an operator token.
+register, start and cancel; retry, skip, terminate and bulk need an operator token.
 
 --output table (the default) prints for people; --output json prints the API's JSON as it came,
 for scripts (`sagas list --all` joins the pages into one {\"items\", \"next_cursor\": null};
@@ -78,6 +79,48 @@ pub enum Command {
     Definitions(DefinitionsCommand),
     /// Start a saga of a definition (its latest version unless --version).
     Start(StartArgs),
+    /// Operator: retry or terminate every saga that matches a filter (--dry-run shows which).
+    #[command(subcommand)]
+    Bulk(BulkCommand),
+    /// The task queues: ready messages and consumers, as RabbitMQ tells them.
+    Queues,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BulkCommand {
+    /// Retry the failed compensation of every matching suspended saga.
+    Retry {
+        #[command(flatten)]
+        filter: BulkArgs,
+        /// Why; recorded in each saga's history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End every matching saga that is not terminal, without compensating.
+    Terminate {
+        #[command(flatten)]
+        filter: BulkArgs,
+        /// Why; recorded in each saga's history.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Which sagas a bulk action takes: the filters of `sagas list`, narrowed by the server to the
+/// states the action applies to, newest first.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    #[command(flatten)]
+    pub sagas: SagaFilter,
+    /// Only sagas whose last change is older than this RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub updated_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many sagas (1–1000; the server's default is 100); run again for the rest.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: Option<u16>,
+    /// Only show which sagas would be acted on.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,8 +163,9 @@ pub enum SagasCommand {
     },
 }
 
+/// The filters `sagas list` and `bulk` share.
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub struct SagaFilter {
     /// Only sagas in this state (repeat for several).
     #[arg(long = "state", value_enum)]
     pub states: Vec<SagaState>,
@@ -131,6 +175,12 @@ pub struct ListArgs {
     /// Only stuck sagas (suspended, or past their wait by more than the stuck threshold).
     #[arg(long)]
     pub stuck: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub sagas: SagaFilter,
     /// Sagas per page (1–500; the server's default is 50).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=500))]
     pub limit: Option<u16>,
@@ -240,6 +290,12 @@ fn parse_base_url(s: &str) -> Result<Url, String> {
         return Err(format!("`{s}`: the base URL takes no query or fragment"));
     }
     Ok(url)
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-01-31T12:00:00Z: {e}"))
 }
 
 fn parse_json(s: &str) -> Result<Value, String> {

@@ -138,7 +138,7 @@ impl Client {
                 Some(_) => "the orchestrator does not know the token given".into(),
             });
         } else if status == StatusCode::FORBIDDEN {
-            problem.hint = Some("retry, skip and terminate need an operator token".into());
+            problem.hint = Some("retry, skip, terminate and bulk need an operator token".into());
         }
         Err(CliError::Api(problem))
     }

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::cli::{Cli, Command, DefinitionsCommand, ListArgs, Output, SagasCommand, StartArgs};
+use crate::cli::{
+    BulkArgs, BulkCommand, Cli, Command, DefinitionsCommand, ListArgs, Output, SagasCommand,
+    StartArgs,
+};
 use crate::client::{Answer, Body, Client};
 use crate::error::CliError;
 use crate::model::{
-    DefinitionDocument, DefinitionSummary, HistoryEntry, Items, Page, RawPage, SagaStatus,
+    BulkResult, DefinitionDocument, DefinitionSummary, HistoryEntry, Items, Page, RawPage,
+    SagaStatus, TaskQueue,
 };
 use crate::render;
 
@@ -47,6 +51,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             register(&client, json, &file).await
         }
         Command::Start(args) => start(&client, json, args).await,
+        Command::Bulk(BulkCommand::Retry { filter, reason }) => {
+            bulk(&client, json, "retry", filter, reason).await
+        }
+        Command::Bulk(BulkCommand::Terminate { filter, reason }) => {
+            bulk(&client, json, "terminate", filter, Some(reason)).await
+        }
+        Command::Queues => queues(&client, json).await,
     }
 }
 
@@ -75,14 +86,15 @@ fn note(text: &str) {
 
 async fn list_sagas(client: &Client, json: bool, args: ListArgs) -> Result<(), CliError> {
     let mut query: Vec<(&str, String)> = args
+        .sagas
         .states
         .iter()
         .map(|s| ("state", s.as_str().to_owned()))
         .collect();
-    if let Some(d) = args.definition {
+    if let Some(d) = args.sagas.definition {
         query.push(("definition", d));
     }
-    if args.stuck {
+    if args.sagas.stuck {
         query.push(("stuck", "true".to_owned()));
     }
     match args.limit {
@@ -237,6 +249,66 @@ async fn act(
         s.state,
         s.revision
     ));
+    Ok(())
+}
+
+async fn bulk(
+    client: &Client,
+    json: bool,
+    action: &str,
+    args: BulkArgs,
+    reason: Option<String>,
+) -> Result<(), CliError> {
+    let mut filter = Map::new();
+    let sagas = args.sagas;
+    if !sagas.states.is_empty() {
+        let states = sagas.states.iter().map(|s| Value::from(s.as_str()));
+        filter.insert("state".into(), Value::Array(states.collect()));
+    }
+    if let Some(d) = sagas.definition {
+        filter.insert("definition".into(), Value::String(d));
+    }
+    if sagas.stuck {
+        filter.insert("stuck".into(), Value::Bool(true));
+    }
+    if let Some(t) = args.updated_before {
+        filter.insert("updated_before".into(), Value::String(t.to_rfc3339()));
+    }
+    let mut body = Map::new();
+    body.insert("filter".into(), Value::Object(filter));
+    body.insert("dry_run".into(), Value::Bool(args.dry_run));
+    if let Some(l) = args.limit {
+        body.insert("limit".into(), Value::from(l));
+    }
+    if let Some(r) = reason {
+        body.insert("reason".into(), Value::String(r));
+    }
+    let answer = client
+        .post(
+            &["v1", "bulk", action],
+            Body {
+                json: to_bytes(&Value::Object(body))?,
+                idempotency_key: None,
+            },
+        )
+        .await?;
+    let result: BulkResult = answer.parse()?;
+    if json {
+        emit_json(&answer.body);
+    } else {
+        emit(&render::operations::bulk(&result));
+    }
+    Ok(())
+}
+
+async fn queues(client: &Client, json: bool) -> Result<(), CliError> {
+    let answer = client.get(&["v1", "queues"], &[]).await?;
+    let list: Items<TaskQueue> = answer.parse()?;
+    if json {
+        emit_json(&answer.body);
+    } else {
+        emit(&render::operations::queues(&list.items));
+    }
     Ok(())
 }
 

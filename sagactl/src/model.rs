@@ -109,3 +109,32 @@ pub struct DefinitionDocument {
     pub created_at: DateTime<Utc>,
     pub document: Value,
 }
+
+/// An item of `GET /v1/queues`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskQueue {
+    pub queue: String,
+    pub exists: bool,
+    pub messages: Option<u32>,
+    pub consumers: Option<u32>,
+}
+
+/// The answer of `POST /v1/bulk/{retry,terminate}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BulkResult {
+    pub action: String,
+    pub dry_run: bool,
+    pub matched: i64,
+    pub remaining: i64,
+    pub items: Vec<BulkItem>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BulkItem {
+    pub id: String,
+    pub definition: String,
+    pub state: String,
+    pub stuck_reason: Option<String>,
+    pub outcome: String,
+    pub detail: Option<String>,
+}

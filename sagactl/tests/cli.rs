@@ -760,3 +760,118 @@ async fn usage_errors_exit_2_and_help_documents_the_exit_codes() {
         .code(2);
     assert!(!run.stderr.contains("secret with spaces"), "{run:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_act_in_bulk_and_see_the_task_queues() {
+    let env = Orchestrator::start().await;
+    let client = env.cli().token(CLIENT_TOKEN);
+    let operator = env.cli().token(OPERATOR_TOKEN);
+    client
+        .run(&["definitions", "register", &fixture("order.json")])
+        .await
+        .ok();
+    let worker = order_worker(&env).await;
+    let older = start(&client, json!({ "charge": "fail", "release": "fail_once" })).await;
+    let newer = start(&client, json!({ "charge": "fail", "release": "fail_once" })).await;
+    for id in [&older, &newer] {
+        env.wait_state(id, "suspended", SETTLE).await;
+    }
+
+    // The task queues, with the worker attached to each.
+    let table = client.run(&["queues"]).await.ok();
+    assert_eq!(
+        cells(row(&table, "saga.task.cli.release")),
+        ["saga.task.cli.release", "0", "1", "-"],
+        "{table}"
+    );
+    let listed = client.run(&["queues", "-o", "json"]).await.json();
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+
+    // Bulk actions are an operator's.
+    client
+        .run(&["bulk", "retry", "--stuck", "--dry-run"])
+        .await
+        .code(1)
+        .stderr_has("error: Forbidden (403): ");
+    // A dry run lists both and changes nothing.
+    let out = operator
+        .run(&["bulk", "retry", "--stuck", "--dry-run"])
+        .await
+        .ok();
+    assert!(
+        out.starts_with("dry run: 2 sagas match; 2 would be retried by this call\n"),
+        "{out}"
+    );
+    assert_eq!(
+        cells(row(&out, &newer))[..4],
+        [newer.as_str(), "cli_order", "suspended", "selected"]
+    );
+    env.wait_state(&older, "suspended", SETTLE).await;
+    // One at a time, newest first.
+    let first = operator
+        .run(&[
+            "bulk",
+            "retry",
+            "--stuck",
+            "--limit",
+            "1",
+            "--reason",
+            "the database is back",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(first["matched"], 2, "{first}");
+    assert_eq!(first["remaining"], 1, "{first}");
+    assert_eq!(first["items"][0]["id"], newer.as_str(), "{first}");
+    assert_eq!(first["items"][0]["outcome"], "applied", "{first}");
+    env.wait_state(&newer, "compensated", SETTLE).await;
+    let out = operator
+        .run(&["bulk", "retry", "--state", "suspended", "--reason", "same"])
+        .await
+        .ok();
+    assert!(out.starts_with("retried 1 of 1 matching sagas\n"), "{out}");
+    env.wait_state(&older, "compensated", SETTLE).await;
+    let shown = operator.run(&["sagas", "show", &older]).await.ok();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("operator_retry") && l.contains("ops") && l.contains("same")),
+        "{shown}"
+    );
+
+    // Terminate needs a reason (the CLI says so before the API would), then ends what runs.
+    operator
+        .run(&["bulk", "terminate", "--definition", "cli_order"])
+        .await
+        .code(2);
+    let waiting = start(&client, json!({})).await;
+    env.wait_state(&waiting, "running", SETTLE).await;
+    let out = operator
+        .run(&[
+            "bulk",
+            "terminate",
+            "--definition",
+            "cli_order",
+            "--reason",
+            "closing the shop",
+        ])
+        .await
+        .ok();
+    assert!(
+        out.starts_with("terminated 1 of 1 matching sagas\n"),
+        "{out}"
+    );
+    env.wait_state(&waiting, "terminated", SETTLE).await;
+    operator
+        .run(&["bulk", "retry", "--updated-before", "yesterday"])
+        .await
+        .code(2);
+    worker.assert_clean();
+    worker.stop().await;
+}

@@ -2,6 +2,7 @@
 //! everything here takes the API's answers and returns a `String`.
 
 pub mod definitions;
+pub mod operations;
 pub mod sagas;
 
 use chrono::{DateTime, SecondsFormat, Utc};
