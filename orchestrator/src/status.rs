@@ -132,6 +132,8 @@ impl<'a> Diagnosis<'a> {
     /// The task whose queue the saga waits on, if it waits on one.
     fn task(&self) -> Option<&'a str> {
         match self {
+            // The worker answered: its queue is not the question.
+            Diagnosis::CompensationFailed { error: Some(_), .. } => None,
             Diagnosis::CompensationFailed { task, .. } => *task,
             Diagnosis::CommandOverdue { task, .. } | Diagnosis::RetryOverdue { task, .. } => {
                 Some(task)
@@ -153,7 +155,8 @@ impl<'a> Diagnosis<'a> {
                     |e| format!("{}: {}", e.code, e.message),
                 );
                 format!(
-                    "compensation of {step} failed after {attempts} attempts ({why}); an operator must retry, skip or terminate"
+                    "compensation of {step} failed after {} ({why}); an operator must retry, skip or terminate",
+                    count(*attempts, "attempt")
                 )
             }
             Diagnosis::Unpublished { since } => format!(
@@ -191,11 +194,26 @@ fn describe_queue(task: &str, queue: QueueState) -> String {
         QueueState::Present {
             messages,
             consumers: 0,
-        } => format!("queue {name} has no consumer ({messages} messages waiting)"),
+        } => format!(
+            "queue {name} has no consumer ({} waiting)",
+            count(messages, "message")
+        ),
         QueueState::Present {
             messages,
             consumers,
-        } => format!("queue {name} has {consumers} consumers and {messages} messages waiting"),
+        } => format!(
+            "queue {name} has {} and {} waiting",
+            count(consumers, "consumer"),
+            count(messages, "message")
+        ),
+    }
+}
+
+/// `1 attempt`, `2 attempts`.
+fn count(n: u32, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 
@@ -297,6 +315,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::machine::Timer;
     use crate::machine::tests::{Driver, await_step, saga_of, task, with_attempts};
 
     const STUCK_AFTER: Duration = Duration::from_secs(300);
@@ -327,8 +346,9 @@ mod tests {
         consumers: 0,
     };
 
-    #[test]
-    fn a_suspended_saga_names_the_failed_compensation_and_its_queue() {
+    /// A saga of `reserve` (one attempt each way) then `charge`, which fails: `reserve`'s
+    /// compensation is out.
+    fn compensating() -> Driver {
         let mut d = Driver::new(saga_of(vec![
             with_attempts(task("reserve", true), 1, 1),
             task("charge", false),
@@ -337,8 +357,26 @@ mod tests {
         d.ok(reserve, json!({}));
         let charge = d.out("charge");
         d.fail(charge, "card_declined", false);
+        d
+    }
+
+    #[test]
+    fn a_compensation_refused_by_its_worker_says_why_and_not_the_queue() {
+        let mut d = compensating();
         let undo = d.out("reserve");
         d.fail(undo, "warehouse_down", false);
+        assert_eq!(d.saga.state, SagaState::Suspended);
+        assert_eq!(stuck_task(&d.saga, &d.def, &view(&d, None)), None);
+        let expected = "compensation of reserve failed after 1 attempt (warehouse_down: warehouse_down happened); an operator must retry, skip or terminate";
+        assert_eq!(reason(&d, None).as_deref(), Some(expected));
+        assert_eq!(reason(&d, Some(NO_CONSUMER)).as_deref(), Some(expected));
+    }
+
+    #[test]
+    fn a_compensation_nobody_answered_names_its_queue() {
+        let mut d = compensating();
+        let undo = d.out("reserve");
+        d.fire(&Timer::Attempt { command_id: undo });
         assert_eq!(d.saga.state, SagaState::Suspended);
         assert_eq!(
             stuck_task(&d.saga, &d.def, &view(&d, None)),
@@ -347,7 +385,7 @@ mod tests {
         assert_eq!(
             reason(&d, None).as_deref(),
             Some(
-                "compensation of reserve failed after 1 attempts (warehouse_down: warehouse_down happened); an operator must retry, skip or terminate"
+                "compensation of reserve failed after 1 attempt (no reply); an operator must retry, skip or terminate"
             )
         );
         let with_queue = reason(&d, Some(NO_CONSUMER)).expect("stuck");
@@ -360,6 +398,18 @@ mod tests {
         assert!(
             missing.ends_with("; queue saga.task.reserve.undo does not exist"),
             "{missing}"
+        );
+        let one = reason(
+            &d,
+            Some(QueueState::Present {
+                messages: 1,
+                consumers: 1,
+            }),
+        )
+        .expect("stuck");
+        assert!(
+            one.ends_with("has 1 consumer and 1 message waiting"),
+            "{one}"
         );
     }
 

@@ -482,7 +482,7 @@ async fn operators_find_and_repair_stuck_sagas() {
         "{shown}"
     );
     assert!(
-        shown.contains("\nstuck       yes: compensation of reserve failed after 1 attempts (undo_failed: the test said undo_failed); an operator must retry, skip or terminate\n"),
+        shown.contains("\nstuck       yes: compensation of reserve failed after 1 attempt (undo_failed: the test said undo_failed); an operator must retry, skip or terminate\n"),
         "{shown}"
     );
     assert!(

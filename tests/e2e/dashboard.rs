@@ -86,7 +86,7 @@ async fn the_dashboard_shows_a_suspended_saga_and_retries_it() {
         .await;
     let reason = reason.as_str().unwrap_or_default();
     assert!(
-        reason.contains("compensation of a failed after 1 attempts (warehouse_locked"),
+        reason.contains("compensation of a failed after 1 attempt (warehouse_locked"),
         "{reason}"
     );
     // The task queues, with their consumers.

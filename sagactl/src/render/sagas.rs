@@ -155,7 +155,7 @@ mod tests {
                   "error": { "code": "card_declined", "message": "no funds", "retryable": false },
                   "started_at": null, "finished_at": null }
             ],
-            "stuck": true, "stuck_reason": "compensation of reserve failed after 1 attempts (db_down: cannot undo); an operator must retry, skip or terminate",
+            "stuck": true, "stuck_reason": "compensation of reserve failed after 1 attempt (db_down: cannot undo); an operator must retry, skip or terminate",
             "created_at": "2026-01-31T12:00:00Z", "updated_at": "2026-01-31T12:00:02Z",
             "deadline": null, "some_future_field": 1
         }))
