@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use saga_e2e::env::rabbitmqctl;
 use saga_e2e::{Behaviour, Worker, assert_problem};
 use serde_json::{Value, json};
 
@@ -255,17 +254,7 @@ async fn a_command_the_broker_cannot_take_shows_the_saga_stuck_on_the_outbox() {
         StatusCode::CREATED
     );
     // The orchestrator loses RabbitMQ: no permission on its vhost, its connections closed.
-    rabbitmqctl(&["clear_permissions", "-p", &env.name, "guest"])
-        .await
-        .expect("clear_permissions");
-    rabbitmqctl(&[
-        "close_all_connections",
-        "-p",
-        &env.name,
-        "test: broker away",
-    ])
-    .await
-    .expect("close_all_connections");
+    env.cut_off_broker("test: broker away").await;
     // Accepted over HTTP all the same; its command waits in the outbox.
     let id = env.start("one", json!({})).await;
     let s = env
@@ -280,17 +269,7 @@ async fn a_command_the_broker_cannot_take_shows_the_saga_stuck_on_the_outbox() {
     );
     assert_eq!(s["state"], "running", "{s:#}");
     // The broker comes back: the command goes out and the saga completes.
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &env.name,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ])
-    .await
-    .expect("set_permissions");
+    env.restore_broker().await;
     let worker = Worker::start(&env, &strs(&["t.a".to_owned()]), |_| {
         Behaviour::ok(json!(1))
     })

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -18,8 +18,6 @@ use reqwest::StatusCode;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How often readiness (and process exit) is polled.
 const POLL_EVERY: Duration = Duration::from_millis(50);
-/// The server-level connection used to drop the test's database.
-const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// What a test may choose about its orchestrator.
 #[derive(Debug, Clone)]
@@ -31,6 +29,12 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Extra environment for the process (e.g. `SAGA_STUCK_AFTER`), applied after the defaults.
     pub extra_env: Vec<(String, String)>,
+    /// The PostgreSQL server of the test's database (default: the machine's, 127.0.0.1:5432).
+    pub postgres: SocketAddr,
+    /// Where the orchestrator reaches PostgreSQL and RabbitMQ, when not directly (a fault
+    /// proxy). The test itself always talks to the servers directly.
+    pub postgres_via: Option<SocketAddr>,
+    pub rabbitmq_via: Option<SocketAddr>,
 }
 
 impl Options {
@@ -39,6 +43,9 @@ impl Options {
             binary: binary.into(),
             log_dir: log_dir.into(),
             extra_env: Vec::new(),
+            postgres: SocketAddr::from(([127, 0, 0, 1], 5432)),
+            postgres_via: None,
+            rabbitmq_via: None,
         }
     }
 
@@ -73,7 +80,7 @@ impl TestEnv {
         let short = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("saga_e2e_{}", &short[..12]);
         let port = free_port().expect("pick a free port for the orchestrator");
-        let database_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let database_url = format!("postgres://postgres@{}/{name}", opts.postgres);
         let amqp_url = format!(
             "amqp://guest:guest@127.0.0.1:5672/{}",
             percent_encode(&name)
@@ -102,17 +109,7 @@ impl TestEnv {
             .await
             .expect("rabbitmqctl add_vhost");
         env.vhost_created = true;
-        rabbitmqctl(&[
-            "set_permissions",
-            "-p",
-            &env.name,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .await
-        .expect("rabbitmqctl set_permissions");
+        env.restore_broker().await;
         env.start_again().await;
         env
     }
@@ -129,9 +126,17 @@ impl TestEnv {
             .open(&self.log_path)
             .expect("open the orchestrator's log file");
         let log_err = log.try_clone().expect("clone the log file handle");
+        let database_url = match self.opts.postgres_via {
+            Some(via) => format!("postgres://postgres@{via}/{}", self.name),
+            None => self.database_url.clone(),
+        };
+        let amqp_url = match self.opts.rabbitmq_via {
+            Some(via) => format!("amqp://guest:guest@{via}/{}", percent_encode(&self.name)),
+            None => self.amqp_url.clone(),
+        };
         let mut cmd = Command::new(&self.opts.binary);
-        cmd.env("DATABASE_URL", &self.database_url)
-            .env("AMQP_URL", &self.amqp_url)
+        cmd.env("DATABASE_URL", database_url)
+            .env("AMQP_URL", amqp_url)
             .env("SAGA_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("RUST_LOG", "info,orchestrator=debug,saga_amqp=debug")
             .env_remove("SAGA_API_TOKENS")
@@ -186,6 +191,38 @@ impl TestEnv {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+    }
+
+    /// Cuts the orchestrator (and every client of the vhost) off RabbitMQ: the vhost's
+    /// permissions are cleared and its connections closed, so that nobody can connect again
+    /// until [`TestEnv::restore_broker`]. Other tests' vhosts are untouched.
+    pub async fn cut_off_broker(&self, reason: &str) {
+        rabbitmqctl(&["clear_permissions", "-p", &self.name, "guest"])
+            .await
+            .expect("rabbitmqctl clear_permissions");
+        self.close_broker_connections(reason).await;
+    }
+
+    /// The broker closes every connection to the test's vhost (they may connect again).
+    pub async fn close_broker_connections(&self, reason: &str) {
+        rabbitmqctl(&["close_all_connections", "-p", &self.name, reason])
+            .await
+            .expect("rabbitmqctl close_all_connections");
+    }
+
+    /// Gives `guest` every permission on the test's vhost.
+    pub async fn restore_broker(&self) {
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ])
+        .await
+        .expect("rabbitmqctl set_permissions");
     }
 
     /// Sets the bearer token the helpers send (for orchestrators started with `SAGA_API_TOKENS`).
@@ -269,7 +306,8 @@ impl Drop for TestEnv {
             );
         }
         let db = self.name.clone();
-        let dropped = std::thread::spawn(move || drop_database(&db))
+        let server = self.opts.postgres;
+        let dropped = std::thread::spawn(move || drop_database(server, &db))
             .join()
             .unwrap_or_else(|_| Err("the drop-database thread panicked".into()));
         if let Err(e) = dropped {
@@ -297,16 +335,17 @@ impl Drop for TestEnv {
     }
 }
 
-fn drop_database(name: &str) -> Result<(), String> {
+fn drop_database(server: SocketAddr, name: &str) -> Result<(), String> {
+    let admin = format!("postgres://postgres@{server}/postgres");
     use sqlx::Connection;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("build a runtime: {e}"))?;
     rt.block_on(async {
-        let mut conn = sqlx::postgres::PgConnection::connect(ADMIN_DATABASE_URL)
+        let mut conn = sqlx::postgres::PgConnection::connect(&admin)
             .await
-            .map_err(|e| format!("connect to {ADMIN_DATABASE_URL}: {e}"))?;
+            .map_err(|e| format!("connect to {admin}: {e}"))?;
         // `name` is ours (`saga_e2e_` + hex), never external input.
         let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

@@ -19,7 +19,10 @@
 pub mod amqp;
 pub mod browser;
 pub mod env;
+pub mod faults;
 pub mod http;
+pub mod postgres;
+pub mod proxy;
 pub mod worker;
 
 pub use amqp::{AmqpClient, DeadLetter, Sent};

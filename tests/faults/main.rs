@@ -1,0 +1,208 @@
+//! The fault suite (issue 6, docs/reliability.md): the real orchestrator binary and the SDK's
+//! workers under crashes, broker and database outages, and a faulty network, each scenario over a
+//! few hundred sagas, each ending with the invariants of `saga_e2e::faults::check`.
+//!
+//! Every scenario has its own database and vhost (and, where a fault would disturb other tests,
+//! its own PostgreSQL cluster or a proxy), so they run beside the end-to-end suite.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use saga_e2e::faults::{self, EffectLedger, Starter, shop_definition, start_many};
+use saga_e2e::postgres::PrivatePostgres;
+use saga_e2e::proxy::FaultProxy;
+use saga_e2e::{Options, TestEnv};
+use tokio_util::sync::CancellationToken;
+
+const SAGAS: usize = 200;
+/// Every 4th saga fails at its last step and compensates two.
+const FAIL_EVERY: usize = 4;
+/// One start every 25 ms: the 200 sagas start over 5 s, while the faults happen.
+const PACE: Duration = Duration::from_millis(25);
+
+fn options() -> Options {
+    Options::new(
+        env!("CARGO_BIN_EXE_orchestrator-under-test"),
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("saga-faults-logs"),
+    )
+}
+
+/// A pseudo-random duration in `[lo, hi)` milliseconds.
+fn jitter(lo: u64, hi: u64) -> Duration {
+    let r = uuid::Uuid::new_v4().as_u128() as u64;
+    Duration::from_millis(lo + r % (hi - lo).max(1))
+}
+
+/// The workload's definition registered, its workers running.
+async fn prepare(env: &TestEnv) -> (EffectLedger, CancellationToken) {
+    let (status, body) = env.register(&shop_definition("2s")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    let ledger = EffectLedger::default();
+    let stop = CancellationToken::new();
+    faults::start_workers(&env.amqp_url, &ledger, &stop);
+    (ledger, stop)
+}
+
+/// Polls `/readyz` until it answers `ready` (true: 200, false: 503).
+async fn wait_ready(env: &TestEnv, ready: bool, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let status = env.get("/readyz").await.status;
+        if (status == StatusCode::OK) == ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz did not become {} within {within:?} (last {status})",
+            if ready { "ready" } else { "not ready" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_at_random_moments_loses_nothing() {
+    let mut env = TestEnv::launch(options()).await;
+    let (ledger, stop) = prepare(&env).await;
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, SAGAS, FAIL_EVERY, PACE).await }
+    });
+    let mut kills = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(jitter(150, 900)).await;
+        env.restart().await;
+        kills += 1;
+    }
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!("kill -9 ×{kills}: {report}");
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_connections_closed_and_broker_away() {
+    let env = TestEnv::launch(options()).await;
+    let (ledger, stop) = prepare(&env).await;
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, SAGAS, FAIL_EVERY, PACE).await }
+    });
+    // The broker closes every connection of the vhost (the orchestrator's and the workers').
+    for _ in 0..3 {
+        tokio::time::sleep(jitter(200, 600)).await;
+        env.close_broker_connections("fault: closed").await;
+    }
+    // Then RabbitMQ is away for a few seconds: no permission, connections closed.
+    env.cut_off_broker("fault: away").await;
+    wait_ready(&env, false, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.restore_broker().await;
+    wait_ready(&env, true, Duration::from_secs(15)).await;
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!("broker: 3 connection closures and a 3 s outage: {report}");
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_and_its_connections_killed() {
+    let pg = PrivatePostgres::start();
+    let mut opts = options();
+    opts.postgres = pg.addr();
+    let env = TestEnv::launch(opts).await;
+    let (ledger, stop) = prepare(&env).await;
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, SAGAS, FAIL_EVERY, PACE).await }
+    });
+    let admin = pg.url("postgres");
+    for _ in 0..3 {
+        tokio::time::sleep(jitter(200, 600)).await;
+        terminate_backends(&admin, &env.name).await;
+    }
+    tokio::time::sleep(jitter(200, 600)).await;
+    let restart = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    });
+    let pg = restart.await.expect("restart the cluster");
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!("PostgreSQL: 3 × pg_terminate_backend and a restart: {report}");
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+    drop(env);
+    drop(pg);
+}
+
+/// Kills every backend connected to `database` (the orchestrator's pool).
+async fn terminate_backends(admin_url: &str, database: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect as admin");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .execute(&mut conn)
+    .await
+    .expect("pg_terminate_backend");
+    let _ = conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn latency_cuts_and_a_black_hole_between_the_orchestrator_and_its_servers() {
+    let pg_proxy = FaultProxy::start(([127, 0, 0, 1], 5432).into()).await;
+    let amqp_proxy = FaultProxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let mut opts = options();
+    opts.postgres_via = Some(pg_proxy.addr());
+    opts.rabbitmq_via = Some(amqp_proxy.addr());
+    let env = TestEnv::launch(opts).await;
+    let (ledger, stop) = prepare(&env).await;
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, SAGAS, FAIL_EVERY, PACE).await }
+    });
+    pg_proxy.set_latency(Duration::from_millis(5));
+    amqp_proxy.set_latency(Duration::from_millis(5));
+    for _ in 0..3 {
+        tokio::time::sleep(jitter(200, 600)).await;
+        pg_proxy.cut();
+        tokio::time::sleep(jitter(100, 400)).await;
+        amqp_proxy.cut();
+    }
+    // PostgreSQL stops answering for 2 s, connections open.
+    pg_proxy.set_blackhole(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg_proxy.set_blackhole(false);
+    // So does RabbitMQ.
+    amqp_proxy.set_blackhole(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    amqp_proxy.set_blackhole(false);
+    pg_proxy.set_latency(Duration::ZERO);
+    amqp_proxy.set_latency(Duration::ZERO);
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!(
+        "network: 5 ms latency, {} PostgreSQL and {} RabbitMQ cuts, a 2 s black hole each ({} and {} connections made): {report}",
+        pg_proxy.cuts(),
+        amqp_proxy.cuts(),
+        pg_proxy.connections(),
+        amqp_proxy.connections()
+    );
+    // Both went through the proxies, and came back after each cut.
+    assert!(
+        amqp_proxy.connections() > 3,
+        "the orchestrator reconnected to RabbitMQ after the cuts"
+    );
+    assert!(
+        pg_proxy.connections() > 3,
+        "the pool reconnected to PostgreSQL after the cuts"
+    );
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}
