@@ -126,6 +126,20 @@ impl TestEnv {
             .open(&self.log_path)
             .expect("open the orchestrator's log file");
         let log_err = log.try_clone().expect("clone the log file handle");
+        let mut cmd = self.command(self.port);
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawn {} (is `orchestrator::run_main` built?): {e}",
+                self.opts.binary.display()
+            )
+        });
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// The orchestrator's command line and environment, listening on `port`.
+    fn command(&self, port: u16) -> Command {
         let database_url = match self.opts.postgres_via {
             Some(via) => format!("postgres://postgres@{via}/{}", self.name),
             None => self.database_url.clone(),
@@ -137,23 +151,49 @@ impl TestEnv {
         let mut cmd = Command::new(&self.opts.binary);
         cmd.env("DATABASE_URL", database_url)
             .env("AMQP_URL", amqp_url)
-            .env("SAGA_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("SAGA_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info,orchestrator=debug,saga_amqp=debug")
             .env_remove("SAGA_API_TOKENS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
+            .stdin(Stdio::null());
         for (k, v) in &self.opts.extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "spawn {} (is `orchestrator::run_main` built?): {e}",
-                self.opts.binary.display()
-            )
-        });
-        self.child = Some(child);
-        self.wait_ready().await;
+        cmd
+    }
+
+    /// Another orchestrator process on the same database and vhost (its log beside the first
+    /// one's), ready when this returns.
+    pub async fn spawn_peer(&self) -> Peer {
+        let port = free_port().expect("a free port for the peer");
+        let log_path = self.log_path.with_extension(format!("{port}.log"));
+        let log = File::create(&log_path).expect("create the peer's log");
+        let log_err = log.try_clone().expect("clone the log file handle");
+        let mut cmd = self.command(port);
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+        let child = cmd.spawn().expect("spawn a peer orchestrator");
+        let peer = Peer {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log_path,
+        };
+        let started = Instant::now();
+        while self
+            .client
+            .get(format!("{}/readyz", peer.base_url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != StatusCode::OK)
+        {
+            assert!(
+                started.elapsed() < READY_DEADLINE,
+                "the peer was not ready; log {}:\n{}",
+                peer.log_path.display(),
+                log_tail(&peer.log_path, 40)
+            );
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        peer
     }
 
     async fn wait_ready(&mut self) {
@@ -330,6 +370,45 @@ impl Drop for TestEnv {
             }
         }
         if !failed {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
+}
+
+/// A second (third, …) orchestrator process of a [`TestEnv`]; killed on drop.
+pub struct Peer {
+    child: Child,
+    pub base_url: String,
+    pub log_path: PathBuf,
+}
+
+impl Peer {
+    /// SIGSTOP: the process freezes, its connections stay open.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} failed");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log_path);
         }
     }

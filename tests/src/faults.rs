@@ -115,9 +115,14 @@ impl EffectLedger {
     }
 }
 
-/// The shop's workers (the SDK), until the token is cancelled. Each handler takes a few
-/// milliseconds, different per command, so that replies interleave.
-pub fn start_workers(amqp_url: &str, ledger: &EffectLedger, stop: &CancellationToken) {
+/// The shop's workers (the SDK), until the token is cancelled — or the task is aborted, which
+/// is a crash: nothing acknowledged, nothing closed. Each handler takes a few milliseconds,
+/// different per command, so that replies interleave.
+pub fn start_workers(
+    amqp_url: &str,
+    ledger: &EffectLedger,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let mut builder = saga_worker::Worker::builder(amqp_url)
         .concurrency(64)
         .prefetch(64);
@@ -134,7 +139,7 @@ pub fn start_workers(amqp_url: &str, ledger: &EffectLedger, stop: &CancellationT
         });
     }
     let worker = builder.build().expect("build the shop's workers");
-    tokio::spawn(worker.run(stop.clone()));
+    tokio::spawn(worker.run(stop.clone()))
 }
 
 /// A saga accepted by the orchestrator and how it must end.
@@ -144,17 +149,18 @@ pub struct Accepted {
     pub expected: &'static str,
 }
 
-/// Where to start sagas: the orchestrator's base URL, and a prefix for idempotency keys.
+/// Where to start sagas: the orchestrator processes' base URLs (taken in turn, and the next one
+/// when a request fails), and a prefix for idempotency keys.
 #[derive(Debug, Clone)]
 pub struct Starter {
-    pub base_url: String,
+    pub base_urls: Vec<String>,
     pub keys: String,
 }
 
 impl Starter {
     pub fn of(env: &TestEnv) -> Starter {
         Starter {
-            base_url: env.base_url.clone(),
+            base_urls: vec![env.base_url.clone()],
             keys: env.name.clone(),
         }
     }
@@ -173,13 +179,16 @@ pub async fn start_shop(to: &Starter, n: usize, fail_every: usize) -> Accepted {
     let key = format!("{}-{n}", to.keys);
     let client = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(3))
         .build()
         .expect("an HTTP client");
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut attempt = 0;
     loop {
+        let base = &to.base_urls[(n + attempt) % to.base_urls.len().max(1)];
+        attempt += 1;
         let sent = client
-            .post(format!("{}/v1/sagas", to.base_url))
+            .post(format!("{base}/v1/sagas"))
             .header("Idempotency-Key", &key)
             .json(&body)
             .send()
@@ -275,10 +284,36 @@ pub async fn check(env: &TestEnv, ledger: &EffectLedger, accepted: &[Accepted]) 
         }
         histories.insert(a.id.clone(), env.history(&a.id).await);
     }
+    check_history(&histories);
     check_ledger(&ledger.lock(), accepted, &histories, &mut report);
     report.lost = accepted.len() - report.completed - report.compensated;
     assert_drained(env).await;
     report
+}
+
+/// No attempt dispatched twice and no timer fired twice, as the sagas' histories tell.
+fn check_history(histories: &HashMap<String, Vec<Value>>) {
+    for (id, history) in histories {
+        let mut seen = BTreeSet::new();
+        for e in history {
+            let kind = e["kind"].as_str().unwrap_or_default();
+            if matches!(
+                kind,
+                "command_dispatched" | "attempt_timed_out" | "retry_scheduled"
+            ) {
+                let key = (
+                    kind.to_owned(),
+                    e["step"].to_string(),
+                    e["attempt"].to_string(),
+                    e["data"]["kind"].to_string(),
+                );
+                assert!(
+                    seen.insert(key.clone()),
+                    "saga {id}: {key:?} twice in its history"
+                );
+            }
+        }
+    }
 }
 
 /// The ledger's half of [`check`].

@@ -26,7 +26,7 @@ pub mod proxy;
 pub mod worker;
 
 pub use amqp::{AmqpClient, DeadLetter, Sent};
-pub use env::{Options, TestEnv};
+pub use env::{Options, Peer, TestEnv};
 pub use http::{Raw, assert_problem, duration_of, kinds_of};
 pub use worker::{Behaviour, CommandSeen, Gate, Ledger, Worker};
 
