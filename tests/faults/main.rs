@@ -318,3 +318,133 @@ async fn workers_crash_before_acking_and_stray_replies_arrive() {
     assert_eq!(report.lost, 0);
     stop.cancel();
 }
+
+/// Arbitrary JSON, a few levels deep.
+fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,20}".prop_map(Value::from),
+        Just(Value::from("ok")),
+        Just(Value::from("error")),
+        Just(Value::from(uuid::Uuid::now_v7().to_string())),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("command_id".to_owned()),
+                    Just("status".to_owned()),
+                    Just("output".to_owned()),
+                    Just("error".to_owned()),
+                    Just("saga_id".to_owned()),
+                    Just("payload".to_owned()),
+                    Just("definition".to_owned()),
+                    Just("input".to_owned()),
+                    Just("version".to_owned()),
+                    "[a-z_]{1,8}",
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A message body: arbitrary bytes, or arbitrary JSON.
+fn arbitrary_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        arbitrary_json().prop_map(|v| v.to_string().into_bytes()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn arbitrary_bytes_and_json_on_every_input_queue_change_nothing() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    let env = TestEnv::launch(options()).await;
+    let (ledger, stop) = prepare(&env).await;
+    let accepted = start_many(&Starter::of(&env), 20, FAIL_EVERY, Duration::ZERO).await;
+    faults::check(&env, &ledger, &accepted).await;
+    let before: Vec<serde_json::Value> = {
+        let mut all = Vec::new();
+        for a in &accepted {
+            all.push(env.status(&a.id).await);
+        }
+        all
+    };
+    let amqp = env.amqp().await;
+    let mut runner = TestRunner::deterministic();
+    let body = arbitrary_body();
+    let (mut replies, mut events, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    const EACH: usize = 150;
+    for i in 0..EACH {
+        let sample = |runner: &mut TestRunner| body.new_tree(runner).expect("a sample").current();
+        // Replies: some with a correlation id naming a real command.
+        let bytes = sample(&mut runner);
+        let correlation = (i % 3 == 0).then(|| uuid::Uuid::now_v7().to_string());
+        replies.push(
+            amqp.publish_as_anyone("", "saga.replies", &bytes, correlation.as_deref(), None)
+                .await,
+        );
+        // Events: correlated to a real saga (no await names these events), or not at all.
+        let bytes = sample(&mut runner);
+        let saga = (i % 2 == 0).then(|| accepted[i % accepted.len()].id.clone());
+        events.push(
+            amqp.publish_as_anyone(
+                "saga.events",
+                &format!("fuzz.event{}", i % 7),
+                &bytes,
+                saga.as_deref(),
+                None,
+            )
+            .await,
+        );
+        // Starts.
+        let bytes = sample(&mut runner);
+        starts.push(
+            amqp.publish_as_anyone("", "saga.start", &bytes, None, None)
+                .await,
+        );
+    }
+    // Every one is dead-lettered with its reason, none is lost, the orchestrator stays up.
+    amqp.take_dead_letters("saga.replies.dlq", &replies, Duration::from_secs(60))
+        .await;
+    amqp.take_dead_letters("saga.events.dlq", &events, Duration::from_secs(60))
+        .await;
+    amqp.take_dead_letters("saga.start.dlq", &starts, Duration::from_secs(60))
+        .await;
+    wait_ready(&env, true, Duration::from_secs(5)).await;
+    // And nothing stored changed: the same sagas, each at the same revision.
+    for (a, was) in accepted.iter().zip(&before) {
+        let now = env.status(&a.id).await;
+        assert_eq!(
+            now["revision"], was["revision"],
+            "saga {} changed: {now:#}",
+            a.id
+        );
+        assert_eq!(now["state"], was["state"]);
+    }
+    let listed = env.list_all("", 500).await;
+    assert_eq!(
+        listed.len(),
+        accepted.len(),
+        "a start message started a saga"
+    );
+    println!(
+        "bad input: {EACH} arbitrary replies, {EACH} events and {EACH} starts, all dead-lettered; {} sagas unchanged",
+        accepted.len()
+    );
+    stop.cancel();
+}
