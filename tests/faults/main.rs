@@ -448,3 +448,79 @@ async fn arbitrary_bytes_and_json_on_every_input_queue_change_nothing() {
     );
     stop.cancel();
 }
+
+/// Soak (not in CI): `SOAK_MINUTES` (default 30) at `SOAK_RATE` sagas/s (default 50), a fault
+/// every minute in turn — kill -9 of the orchestrator, the broker closing its connections, the
+/// database killing its backends — then the invariants over every saga:
+/// `cargo test --release -p saga-e2e --test faults -- --ignored --nocapture soak`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a 30-minute soak; run it by name with --ignored"]
+async fn soak() {
+    let minutes: u64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30);
+    let rate: u32 = std::env::var("SOAK_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(50);
+    let mut env = TestEnv::launch(options()).await;
+    let (ledger, stop) = prepare(&env).await;
+    let total = usize::try_from(u64::from(rate) * minutes * 60).unwrap_or(usize::MAX);
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, total, FAIL_EVERY, Duration::from_secs(1) / rate).await }
+    });
+    let mut faults_injected = [0u32; 3];
+    for minute in 0..minutes {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let which = usize::try_from(minute % 3).unwrap_or(0);
+        match which {
+            0 => env.restart().await,
+            1 => env.close_broker_connections("soak").await,
+            _ => terminate_backends("postgres://postgres@127.0.0.1:5432/postgres", &env.name).await,
+        }
+        faults_injected[which] += 1;
+        println!("minute {}: fault {which} injected", minute + 1);
+    }
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!(
+        "soak: {minutes} min at {rate}/s, {} kill -9, {} broker closures, {} backend kills: {report}",
+        faults_injected[0], faults_injected[1], faults_injected[2]
+    );
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_type_down_for_many_step_timeouts_then_back() {
+    let env = TestEnv::launch(options()).await;
+    let (status, body) = env.register(&shop_definition("1s")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    let ledger = EffectLedger::default();
+    let stop = CancellationToken::new();
+    let (charge, others): (Vec<String>, Vec<String>) = faults::shop_tasks()
+        .into_iter()
+        .partition(|t| t.starts_with("shop.charge"));
+    faults::start_workers_for(&env.amqp_url, &others, &ledger, &stop);
+    // The payment workers are down while every saga reaches `charge`: 6 s, six step timeouts,
+    // within the eight attempts' budget (1 s each, backoff up to 1 s between).
+    let accepted = start_many(&Starter::of(&env), SAGAS / 2, FAIL_EVERY, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let running = env.list_all("state=running", 500).await;
+    assert_eq!(running.len(), accepted.len(), "every saga waits at charge");
+    let queued = env
+        .amqp()
+        .await
+        .queue_message_count("saga.task.shop.charge")
+        .await
+        .expect("the charge queue");
+    faults::start_workers_for(&env.amqp_url, &charge, &ledger, &stop);
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!(
+        "payment workers down 6 s (1 s step timeouts, {queued} charge commands queued meanwhile): {report}"
+    );
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}

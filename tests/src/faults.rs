@@ -123,10 +123,20 @@ pub fn start_workers(
     ledger: &EffectLedger,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    start_workers_for(amqp_url, &shop_tasks(), ledger, stop)
+}
+
+/// As [`start_workers`], for some of the tasks only.
+pub fn start_workers_for(
+    amqp_url: &str,
+    tasks: &[String],
+    ledger: &EffectLedger,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let mut builder = saga_worker::Worker::builder(amqp_url)
         .concurrency(64)
         .prefetch(64);
-    for task in shop_tasks() {
+    for task in tasks.iter().cloned() {
         let ledger = ledger.clone();
         builder = builder.handle(task, move |ctx: Context, _input: Value| {
             let ledger = ledger.clone();
