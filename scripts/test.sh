@@ -12,4 +12,8 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   echo "error: the dashboard's test drives headless Chromium, which is missing: apt-get install chromium (or set CHROMIUM to a Chromium binary)" >&2
   exit 1
 fi
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  echo "error: the clock-skew fault test preloads libfaketime, which is missing: apt-get install faketime" >&2
+  exit 1
+fi
 exec cargo test --workspace --locked "$@"

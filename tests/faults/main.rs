@@ -524,3 +524,75 @@ async fn a_worker_type_down_for_many_step_timeouts_then_back() {
     assert_eq!(report.lost, 0);
     stop.cancel();
 }
+
+/// Debian's libfaketime, which shifts the clock of the process it is preloaded into.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orchestrators_with_skewed_clocks_fire_each_timer_once_on_the_database_clock() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime"
+    );
+    let env = TestEnv::launch(options()).await;
+    let (status, body) = env.register(&shop_definition("1s")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    // Two more processes, one two minutes ahead, one two minutes behind.
+    let peers = [
+        env.spawn_peer_with(&[("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", "+120s")])
+            .await,
+        env.spawn_peer_with(&[("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", "-120s")])
+            .await,
+    ];
+    let ledger = EffectLedger::default();
+    let stop = CancellationToken::new();
+    let (charge, others): (Vec<String>, Vec<String>) = faults::shop_tasks()
+        .into_iter()
+        .partition(|t| t.starts_with("shop.charge"));
+    faults::start_workers_for(&env.amqp_url, &others, &ledger, &stop);
+    let mut to = Starter::of(&env);
+    to.base_urls
+        .extend(peers.iter().map(|p| p.base_url.clone()));
+    // Without payment workers for 3 s, `charge` attempts time out: timers fire in all three.
+    let accepted = start_many(&to, SAGAS / 2, FAIL_EVERY, Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    faults::start_workers_for(&env.amqp_url, &charge, &ledger, &stop);
+    let report = faults::check(&env, &ledger, &accepted).await;
+    // No timer fired early by a process's own clock: each timeout came a full step timeout
+    // (1 s, by the database's clock) after its attempt was dispatched.
+    let mut timeouts = 0;
+    for a in &accepted {
+        let history = env.history(&a.id).await;
+        for t in history.iter().filter(|e| e["kind"] == "attempt_timed_out") {
+            let dispatched = history
+                .iter()
+                .find(|e| {
+                    e["kind"] == "command_dispatched"
+                        && e["step"] == t["step"]
+                        && e["attempt"] == t["attempt"]
+                        && e["data"]["kind"] == t["data"]["kind"]
+                })
+                .unwrap_or_else(|| panic!("no dispatch for {t}"));
+            let at = |e: &serde_json::Value| {
+                chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap_or_default())
+                    .expect("an RFC 3339 time")
+            };
+            let waited = at(t) - at(dispatched);
+            assert!(
+                waited >= chrono::Duration::milliseconds(1000),
+                "saga {}: {} attempt {} timed out {waited} after its dispatch",
+                a.id,
+                t["step"],
+                t["attempt"]
+            );
+            timeouts += 1;
+        }
+    }
+    assert!(
+        timeouts > 0,
+        "no attempt timed out: the scenario tested nothing"
+    );
+    println!("clocks ±2 min on two of three processes, {timeouts} timeouts, none early: {report}");
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+}

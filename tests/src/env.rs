@@ -164,11 +164,17 @@ impl TestEnv {
     /// Another orchestrator process on the same database and vhost (its log beside the first
     /// one's), ready when this returns.
     pub async fn spawn_peer(&self) -> Peer {
+        self.spawn_peer_with(&[]).await
+    }
+
+    /// [`TestEnv::spawn_peer`] with more environment variables (e.g. `LD_PRELOAD` of faketime).
+    pub async fn spawn_peer_with(&self, extra: &[(&str, &str)]) -> Peer {
         let port = free_port().expect("a free port for the peer");
         let log_path = self.log_path.with_extension(format!("{port}.log"));
         let log = File::create(&log_path).expect("create the peer's log");
         let log_err = log.try_clone().expect("clone the log file handle");
         let mut cmd = self.command(port);
+        cmd.envs(extra.iter().copied());
         cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
         let child = cmd.spawn().expect("spawn a peer orchestrator");
         let peer = Peer {
