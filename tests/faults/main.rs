@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use saga_e2e::faults::{self, EffectLedger, Starter, shop_definition, start_many};
 use saga_e2e::postgres::PrivatePostgres;
 use saga_e2e::proxy::FaultProxy;
+use saga_e2e::rabbitmq::PrivateRabbit;
 use saga_e2e::{Options, TestEnv};
 use tokio_util::sync::CancellationToken;
 
@@ -595,4 +596,32 @@ async fn orchestrators_with_skewed_clocks_fire_each_timer_once_on_the_database_c
     println!("clocks ±2 min on two of three processes, {timeouts} timeouts, none early: {report}");
     assert_eq!(report.lost, 0);
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_stopped_for_ten_seconds_then_started() {
+    let rabbit = PrivateRabbit::start().await;
+    let mut opts = options();
+    opts.rabbitmq = rabbit.addr();
+    opts.rabbitmq_node = Some(rabbit.node.clone());
+    let env = TestEnv::launch(opts).await;
+    let (ledger, stop) = prepare(&env).await;
+    let starts = tokio::spawn({
+        let to = Starter::of(&env);
+        async move { start_many(&to, SAGAS, FAIL_EVERY, PACE).await }
+    });
+    tokio::time::sleep(jitter(1000, 2000)).await;
+    // The broker stops: every connection dropped, nothing accepted, for 10 s.
+    rabbit.stop_app().await;
+    wait_ready(&env, false, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rabbit.start_app().await;
+    wait_ready(&env, true, Duration::from_secs(20)).await;
+    let accepted = starts.await.expect("the starts");
+    let report = faults::check(&env, &ledger, &accepted).await;
+    println!("RabbitMQ stop_app for 10 s, then start_app: {report}");
+    assert_eq!(report.lost, 0);
+    stop.cancel();
+    drop(env);
+    drop(rabbit);
 }

@@ -35,6 +35,9 @@ pub struct Options {
     /// proxy). The test itself always talks to the servers directly.
     pub postgres_via: Option<SocketAddr>,
     pub rabbitmq_via: Option<SocketAddr>,
+    /// The RabbitMQ node of the test's vhost and its AMQP address (default: the machine's).
+    pub rabbitmq_node: Option<String>,
+    pub rabbitmq: SocketAddr,
 }
 
 impl Options {
@@ -46,6 +49,8 @@ impl Options {
             postgres: SocketAddr::from(([127, 0, 0, 1], 5432)),
             postgres_via: None,
             rabbitmq_via: None,
+            rabbitmq_node: None,
+            rabbitmq: SocketAddr::from(([127, 0, 0, 1], 5672)),
         }
     }
 
@@ -82,7 +87,8 @@ impl TestEnv {
         let port = free_port().expect("pick a free port for the orchestrator");
         let database_url = format!("postgres://postgres@{}/{name}", opts.postgres);
         let amqp_url = format!(
-            "amqp://guest:guest@127.0.0.1:5672/{}",
+            "amqp://guest:guest@{}/{}",
+            opts.rabbitmq,
             percent_encode(&name)
         );
         std::fs::create_dir_all(&opts.log_dir).expect("create the log directory");
@@ -105,7 +111,7 @@ impl TestEnv {
             child: None,
             vhost_created: false,
         };
-        rabbitmqctl(&["add_vhost", &env.name])
+        env.rabbitmqctl(&["add_vhost", &env.name])
             .await
             .expect("rabbitmqctl add_vhost");
         env.vhost_created = true;
@@ -239,11 +245,23 @@ impl TestEnv {
         }
     }
 
+    /// `rabbitmqctl` on the test's RabbitMQ node.
+    pub async fn rabbitmqctl(&self, args: &[&str]) -> Result<(), String> {
+        match &self.opts.rabbitmq_node {
+            Some(node) => {
+                let mut all = vec!["-n", node.as_str()];
+                all.extend_from_slice(args);
+                rabbitmqctl(&all).await
+            }
+            None => rabbitmqctl(args).await,
+        }
+    }
+
     /// Cuts the orchestrator (and every client of the vhost) off RabbitMQ: the vhost's
     /// permissions are cleared and its connections closed, so that nobody can connect again
     /// until [`TestEnv::restore_broker`]. Other tests' vhosts are untouched.
     pub async fn cut_off_broker(&self, reason: &str) {
-        rabbitmqctl(&["clear_permissions", "-p", &self.name, "guest"])
+        self.rabbitmqctl(&["clear_permissions", "-p", &self.name, "guest"])
             .await
             .expect("rabbitmqctl clear_permissions");
         self.close_broker_connections(reason).await;
@@ -251,14 +269,14 @@ impl TestEnv {
 
     /// The broker closes every connection to the test's vhost (they may connect again).
     pub async fn close_broker_connections(&self, reason: &str) {
-        rabbitmqctl(&["close_all_connections", "-p", &self.name, reason])
+        self.rabbitmqctl(&["close_all_connections", "-p", &self.name, reason])
             .await
             .expect("rabbitmqctl close_all_connections");
     }
 
     /// Gives `guest` every permission on the test's vhost.
     pub async fn restore_broker(&self) {
-        rabbitmqctl(&[
+        self.rabbitmqctl(&[
             "set_permissions",
             "-p",
             &self.name,
@@ -360,7 +378,12 @@ impl Drop for TestEnv {
             eprintln!("cleanup: could not drop database {}: {e}", self.name);
         }
         if self.vhost_created {
+            let node: Vec<&str> = match &self.opts.rabbitmq_node {
+                Some(n) => vec!["-n", n.as_str()],
+                None => Vec::new(),
+            };
             match Command::new("rabbitmqctl")
+                .args(node)
                 .args(["-q", "delete_vhost", &self.name])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

@@ -23,6 +23,7 @@ pub mod faults;
 pub mod http;
 pub mod postgres;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod worker;
 
 pub use amqp::{AmqpClient, DeadLetter, Sent};
