@@ -20,9 +20,10 @@ use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
 use crate::metrics::Metrics;
 use crate::status::{self, QueueState, SagaStatus, View};
 use crate::store::{self, StoreError, definitions::StoredDefinition, history::HistoryEntry};
-use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE, Reply, ReplyBody};
+use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE};
 
 mod bulk;
+mod replies;
 
 pub use bulk::{BulkAction, BulkItem, BulkOutcome, BulkReport, BulkRequest};
 
@@ -110,6 +111,7 @@ struct Inner {
     closing: CancellationToken,
     metrics: Metrics,
     queues: Option<Arc<dyn QueueProbe>>,
+    replies: replies::ReplyQueue,
 }
 
 impl Engine {
@@ -126,6 +128,7 @@ impl Engine {
                 closing: CancellationToken::new(),
                 metrics: Metrics::default(),
                 queues,
+                replies: replies::ReplyQueue::default(),
             }),
         }
     }
@@ -367,22 +370,6 @@ impl Engine {
         }
     }
 
-    /// Applies a worker's reply.
-    pub async fn reply(&self, reply: Reply) -> Result<ReplyApplied, EngineError> {
-        let outcome = match reply.body {
-            ReplyBody::Ok { output } => machine::Outcome::Ok(output),
-            ReplyBody::Error { error } => machine::Outcome::Error(error),
-        };
-        self.command_input(
-            reply.command_id,
-            Input::Reply {
-                command_id: reply.command_id,
-                outcome,
-            },
-        )
-        .await
-    }
-
     /// Records, in its saga's history, a reply that was dead-lettered for its shape.
     pub async fn malformed_reply(
         &self,
@@ -418,6 +405,11 @@ impl Engine {
                 }
             }
         };
+        self.count_reply(outcome);
+        Ok(outcome)
+    }
+
+    fn count_reply(&self, outcome: ReplyApplied) {
         let label = match outcome {
             ReplyApplied::Applied => "applied",
             ReplyApplied::Ignored => "ignored",
@@ -426,7 +418,6 @@ impl Engine {
         self.inner
             .metrics
             .inc("saga_replies_total", &[("outcome", label)]);
-        Ok(outcome)
     }
 
     /// Fires due timers: takes up to `limit`, applies each to its saga, in one transaction.

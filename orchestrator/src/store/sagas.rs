@@ -184,6 +184,19 @@ pub async fn saga_of_command(
     )
 }
 
+/// The saga of each of these commands that is known.
+pub async fn sagas_of_commands(
+    conn: &mut PgConnection,
+    commands: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Uuid>, StoreError> {
+    let rows: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT command_id, saga_id FROM commands WHERE command_id = ANY($1)")
+            .bind(commands)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Filters of `GET /v1/sagas`.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
