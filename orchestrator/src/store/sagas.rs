@@ -111,12 +111,16 @@ pub async fn update(conn: &mut PgConnection, saga: &Saga) -> Result<(), StoreErr
 }
 
 /// Loads a saga and locks its row until the transaction ends, with the database's clock.
+/// `FOR NO KEY UPDATE`, not `FOR UPDATE`: a saga's id never changes, and the weaker lock lets
+/// other transactions insert rows that reference the saga (the relay arming attempt timers)
+/// without waiting for it — with `FOR UPDATE` those foreign-key checks deadlocked against
+/// batches of replies.
 pub async fn lock(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<(Saga, DateTime<Utc>)>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE id = $1 FOR UPDATE"
+        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE id = $1 FOR NO KEY UPDATE"
     ));
     let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
     row.map(|r| Ok((decode(&r)?, r.try_get("db_now")?)))

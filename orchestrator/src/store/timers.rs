@@ -1,4 +1,4 @@
-//! The `timers` table: durable timers, taken by any process with `FOR UPDATE SKIP LOCKED`.
+//! The `timers` table: durable timers, taken by any process with `FOR NO KEY UPDATE SKIP LOCKED`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
@@ -21,6 +21,10 @@ pub async fn schedule(
     if timers.is_empty() {
         return Ok(());
     }
+    // Rows are locked in the order of their sagas' ids, the order in which a batch of replies
+    // locks sagas and their timers: two transactions never wait on each other in a cycle.
+    let mut timers = timers.to_vec();
+    timers.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let (sagas, rest): (Vec<Uuid>, Vec<(String, DateTime<Utc>)>) = timers
         .iter()
         .map(|(s, k, at)| (*s, (k.clone(), *at)))
@@ -73,7 +77,7 @@ pub async fn take_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueTime
              SELECT t.saga_id, t.key FROM timers t JOIN sagas s ON s.id = t.saga_id
              WHERE t.fire_at <= clock_timestamp()
              ORDER BY t.fire_at LIMIT $1
-             FOR UPDATE OF t, s SKIP LOCKED)
+             FOR NO KEY UPDATE OF t, s SKIP LOCKED)
          DELETE FROM timers t USING due WHERE t.saga_id = due.saga_id AND t.key = due.key
          RETURNING t.saga_id, t.key",
     )
