@@ -181,8 +181,17 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Kills the browser and removes its profile — once it has exited: a browser still writing
+    /// its profile would leave part of it behind.
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        for _ in 0..100 {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if exited && std::fs::remove_dir_all(&self.profile).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
