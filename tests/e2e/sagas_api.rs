@@ -631,6 +631,29 @@ async fn list_filters_and_paginates() {
         ids_of(&env.list_all("definition=alpha&state=completed", 50).await),
         Vec::<String>::new()
     );
+    // "`updated_before` (exclusive)": by each saga's last change (alpha's at its start, beta's
+    // at its completion), newest `created_at` first still.
+    let updated = |s: &Value| -> chrono::DateTime<chrono::FixedOffset> {
+        chrono::DateTime::parse_from_rfc3339(s["updated_at"].as_str().unwrap_or_default())
+            .expect("updated_at is RFC 3339")
+    };
+    let mut pivots: Vec<&Value> = all.iter().collect();
+    pivots.sort_by_key(|s| updated(s));
+    for pivot in [pivots[3], pivots[6]] {
+        let at = updated(pivot);
+        let expected: Vec<String> = ids_of(&all)
+            .into_iter()
+            .zip(&all)
+            .filter(|(_, s)| updated(s) < at)
+            .map(|(id, _)| id)
+            .collect();
+        let query = format!(
+            "updated_before={}",
+            saga_e2e::env::percent_encode(&at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        );
+        assert_eq!(ids_of(&env.list_all(&query, 2).await), expected, "{query}");
+        assert!(!expected.contains(&pivot["id"].as_str().unwrap_or_default().to_owned()));
+    }
     // "a `definition=` filter that names none simply matches nothing".
     assert_eq!(
         ids_of(&env.list_all("definition=nope", 50).await),
