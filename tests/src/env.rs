@@ -487,7 +487,7 @@ pub async fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
 }
 
 /// A port that was free a moment ago: bind port 0, read it, let it go.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     listener
         .local_addr()

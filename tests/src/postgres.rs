@@ -3,9 +3,10 @@
 //! (PostgreSQL refuses to run as root). The machine's own cluster is never touched. Stopped and
 //! removed on drop.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use crate::env::free_port;
 
 /// The newest installed server's binaries (Debian: /usr/lib/postgresql/<major>/bin).
 fn bin_dir() -> PathBuf {
@@ -64,10 +65,7 @@ impl PrivatePostgres {
             .args(["postgres:postgres"])
             .arg(&dir)
             .status();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port().expect("a free port");
         let data = dir.join("data");
         let data = data.to_str().expect("a UTF-8 path");
         pg_tool(

@@ -2,24 +2,17 @@
 //! node name, AMQP and distribution ports, data and log directories, no plugins, beside the
 //! machine's node (which is never touched). Stopped and removed on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::env::rabbitmqctl;
+use crate::env::{free_port, rabbitmqctl};
 
 pub struct PrivateRabbit {
     dir: PathBuf,
     pub node: String,
     pub port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl PrivateRabbit {
@@ -28,7 +21,8 @@ impl PrivateRabbit {
         let short = uuid::Uuid::new_v4().simple().to_string();
         let node = format!("sagafault{}@localhost", &short[..10]);
         let dir = std::env::temp_dir().join(format!("saga-rabbit-{}", &short[..10]));
-        let (port, dist_port) = (free_port(), free_port());
+        let port = free_port().expect("a free port");
+        let dist_port = free_port().expect("a free port");
         std::fs::create_dir_all(dir.join("mnesia")).expect("create the node's directory");
         std::fs::create_dir_all(dir.join("log")).expect("create the node's log directory");
         std::fs::write(
