@@ -87,22 +87,23 @@ pub async fn insert(conn: &mut PgConnection, messages: &[NewMessage]) -> Result<
 }
 
 /// Takes up to `limit` messages, oldest first, locked until the transaction ends (other relays
-/// skip them), with the database's clock.
+/// skip them), with the database's clock read after they were taken — so after every one of them
+/// was committed, and an attempt's deadline never precedes its dispatch.
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<(Vec<OutboxMessage>, DateTime<Utc>), StoreError> {
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(&mut *conn)
-        .await?;
     let rows = sqlx::query(
         "SELECT id, saga_id, exchange, routing_key, message_id, message_type, reply_to, body,
                 attempt_timeout_ms, command_id
          FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(conn)
+        .await?;
     let messages = rows
         .iter()
         .map(|r| {
