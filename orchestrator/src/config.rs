@@ -74,7 +74,7 @@ pub struct Args {
     #[arg(long, env = "SAGA_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
     /// Replies applied at once (and the reply consumer's prefetch).
-    #[arg(long, env = "SAGA_REPLY_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "SAGA_REPLY_CONCURRENCY", default_value_t = 256)]
     pub reply_concurrency: u16,
 }
 

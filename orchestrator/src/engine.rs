@@ -2,7 +2,7 @@
 //! one transaction: lock the saga row, `machine::decide`, write the new state, its history, its
 //! outbox rows and its timers, commit; only then is anything acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,14 +12,16 @@ use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::definition::{Definition, Violation, parse_definition};
 use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
 use crate::metrics::Metrics;
 use crate::status::{self, QueueState, SagaStatus, View};
-use crate::store::{self, StoreError, definitions::StoredDefinition, history::HistoryEntry};
+use crate::store::{
+    self, StoreError, definitions::StoredDefinition, history::HistoryEntry, writes::Writes,
+};
+use crate::timers::TimerWake;
 use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE};
 
 mod bulk;
@@ -104,7 +106,7 @@ struct Inner {
     pool: PgPool,
     definitions: RwLock<HashMap<(String, i32), Arc<Definition>>>,
     outbox_wake: Notify,
-    timers_wake: Notify,
+    timers_wake: TimerWake,
     changes: broadcast::Sender<Uuid>,
     stuck_after: Duration,
     /// Fired at shutdown: long polls answer at once instead of holding the server open.
@@ -122,7 +124,7 @@ impl Engine {
                 pool,
                 definitions: RwLock::new(HashMap::new()),
                 outbox_wake: Notify::new(),
-                timers_wake: Notify::new(),
+                timers_wake: TimerWake::default(),
                 changes: broadcast::channel(1024).0,
                 stuck_after,
                 closing: CancellationToken::new(),
@@ -152,8 +154,8 @@ impl Engine {
         &self.inner.outbox_wake
     }
 
-    /// Woken after every commit that armed a timer.
-    pub fn timers_wake(&self) -> &Notify {
+    /// Told of every commit that armed a timer.
+    pub fn timers_wake(&self) -> &TimerWake {
         &self.inner.timers_wake
     }
 
@@ -269,19 +271,33 @@ impl Engine {
         let started = self
             .transaction(async |tx| self.start_in(tx, &req).await)
             .await?;
-        let (saga, created) = match started {
-            StartOutcome::Replayed(saga) => (saga, false),
-            StartOutcome::Created(saga, wrote) => {
+        match started {
+            StartOutcome::Replayed(saga) => {
+                let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+                let status = self.render(&mut conn, &saga, true).await?;
+                Ok(Started {
+                    status,
+                    created: false,
+                })
+            }
+            StartOutcome::Created {
+                saga,
+                def,
+                now,
+                wrote,
+            } => {
                 let m = &self.inner.metrics;
                 m.inc("saga_started_total", &[("definition", &saga.definition)]);
                 self.after_commit(saga.id, wrote);
                 tracing::info!(saga.id = %saga.id, "saga started");
-                (saga, true)
+                // Just started: not stuck, nothing to ask the database or the broker.
+                let status = status::render(&saga, &def, self.view(now, None, true));
+                Ok(Started {
+                    status,
+                    created: true,
+                })
             }
-        };
-        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
-        let status = self.render(&mut conn, &saga, true).await?;
-        Ok(Started { status, created })
+        }
     }
 
     async fn start_in(
@@ -347,9 +363,16 @@ impl Engine {
                 key,
                 request: req.request.clone(),
             });
-        store::sagas::insert(tx, &decision.saga, idem.as_ref()).await?;
-        let wrote = self.persist_effects(tx, &decision, &def, now).await?;
-        Ok(StartOutcome::Created(decision.saga, wrote))
+        let mut writes = Writes::default();
+        writes.insert_saga(decision.saga.clone(), idem);
+        let wrote = self.record(&mut writes, &decision, &def, now);
+        writes.flush(tx).await?;
+        Ok(StartOutcome::Created {
+            saga: decision.saga,
+            def,
+            now,
+            wrote,
+        })
     }
 
     /// Applies one input to a saga. `Err(Refused)` when the machine refused it (a refused signal
@@ -358,8 +381,12 @@ impl Engine {
     pub async fn apply(&self, id: Uuid, input: Input) -> Result<Verdict, EngineError> {
         let (verdict, wrote) = self
             .transaction(async |tx| {
-                self.apply_in(tx, id, input)
-                    .await?
+                let locked = store::sagas::lock(tx, &[id]).await?;
+                let applied = self.transition(tx, locked, vec![Some((id, input))]).await?;
+                applied
+                    .into_iter()
+                    .next()
+                    .flatten()
                     .ok_or(EngineError::NotFound)
             })
             .await?;
@@ -387,12 +414,14 @@ impl Engine {
     ) -> Result<ReplyApplied, EngineError> {
         let applied = self
             .transaction(async |tx| {
-                let Some(saga) = store::sagas::saga_of_command(tx, command_id).await? else {
+                let (owners, locked) = store::sagas::lock_by_commands(tx, &[command_id]).await?;
+                let Some(&saga) = owners.get(&command_id) else {
                     return Ok(None);
                 };
-                let span = tracing::info_span!("reply", saga.id = %saga, command.id = %command_id);
-                let applied = self.apply_in(tx, saga, input).instrument(span).await?;
-                Ok(applied.map(|a| (saga, a)))
+                let applied = self
+                    .transition(tx, locked, vec![Some((saga, input))])
+                    .await?;
+                Ok(applied.into_iter().next().flatten().map(|a| (saga, a)))
             })
             .await?;
         let outcome = match applied {
@@ -426,16 +455,29 @@ impl Engine {
         let (taken, touched) = self
             .transaction(async |tx| {
                 let due = store::timers::take_due(tx, limit).await?;
-                let mut touched = Vec::new();
-                for timer in &due {
-                    let Some(input) = timer_input(&timer.key) else {
-                        tracing::warn!(saga.id = %timer.saga_id, key = timer.key, "dropped a timer with an unknown key");
-                        continue;
-                    };
-                    if let Some((_, wrote)) = self.apply_in(tx, timer.saga_id, input).await? {
-                        touched.push((timer.saga_id, wrote));
-                    }
+                if due.is_empty() {
+                    return Ok((0, Vec::new()));
                 }
+                let mut sagas: Vec<Uuid> = due.iter().map(|t| t.saga_id).collect();
+                sagas.sort();
+                sagas.dedup();
+                let locked = store::sagas::lock(tx, &sagas).await?;
+                let inputs: Vec<_> = due
+                    .iter()
+                    .map(|timer| {
+                        let input = timer_input(&timer.key);
+                        if input.is_none() {
+                            tracing::warn!(saga.id = %timer.saga_id, key = timer.key, "dropped a timer with an unknown key");
+                        }
+                        input.map(|input| (timer.saga_id, input))
+                    })
+                    .collect();
+                let applied = self.transition(tx, locked, inputs).await?;
+                let touched: Vec<_> = due
+                    .iter()
+                    .zip(applied)
+                    .filter_map(|(timer, applied)| applied.map(|(_, wrote)| (timer.saga_id, wrote)))
+                    .collect();
                 Ok((due.len(), touched))
             })
             .await?;
@@ -470,64 +512,74 @@ impl Engine {
         }
     }
 
-    /// The heart of the write path, inside the caller's transaction. None: no such saga.
-    async fn apply_in(
+    /// The heart of the write path, inside the caller's transaction: applies each input to its
+    /// saga (locked by the caller), in order — a saga named twice sees the first input's outcome
+    /// — and writes everything they decided in one statement. Per input: None when it names no
+    /// saga (or none of the locked ones).
+    async fn transition(
         &self,
         tx: &mut PgConnection,
-        id: Uuid,
-        input: Input,
-    ) -> Result<Option<(Verdict, Wrote)>, EngineError> {
-        let Some((saga, now)) = store::sagas::lock(tx, id).await? else {
-            return Ok(None);
-        };
-        let def = self.definition(tx, &saga.definition, saga.version).await?;
-        let decision = machine::decide(&saga, &def, input, now, &mut Uuid::now_v7);
-        if decision.saga != saga {
-            store::sagas::update(tx, &decision.saga).await?;
+        locked: store::sagas::Locked,
+        inputs: Vec<Option<(Uuid, Input)>>,
+    ) -> Result<Vec<Option<(Verdict, Wrote)>>, EngineError> {
+        let store::sagas::Locked { mut sagas, now } = locked;
+        let mut writes = Writes::default();
+        let mut results = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let Some((id, input)) = input else {
+                results.push(None);
+                continue;
+            };
+            let Some(saga) = sagas.get_mut(&id) else {
+                results.push(None);
+                continue;
+            };
+            let def = self.definition(tx, &saga.definition, saga.version).await?;
+            let decision = machine::decide(saga, &def, input, now, &mut Uuid::now_v7);
+            if decision.saga != *saga {
+                writes.update_saga(decision.saga.clone());
+            }
+            let wrote = self.record(&mut writes, &decision, &def, now);
+            results.push(Some((decision.verdict, wrote)));
+            *saga = decision.saga;
         }
-        let wrote = self.persist_effects(tx, &decision, &def, now).await?;
-        Ok(Some((decision.verdict, wrote)))
+        writes.flush(tx).await?;
+        Ok(results)
     }
 
-    /// Writes a decision's history, commands, outbox rows and timers.
-    async fn persist_effects(
+    /// Records a decision's history, commands, outbox rows and timers (its saga's row is the
+    /// caller's to record).
+    fn record(
         &self,
-        tx: &mut PgConnection,
+        writes: &mut Writes,
         decision: &Decision,
         def: &Definition,
         now: DateTime<Utc>,
-    ) -> Result<Wrote, EngineError> {
+    ) -> Wrote {
         let saga = &decision.saga;
-        store::history::insert(tx, saga.id, &decision.history).await?;
-        let mut messages = Vec::new();
-        let mut commands = Vec::new();
-        // Last word per timer key wins; a CancelAll forgets what came before it.
-        let mut timers: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
-        let mut cancel_all = false;
-        let mut dispatched = Vec::new();
-        let mut ended = Vec::new();
+        writes.history(saga.id, &decision.history);
+        let mut wrote = Wrote {
+            definition: saga.definition.clone(),
+            ..Wrote::default()
+        };
         for effect in &decision.effects {
             match effect {
                 Effect::Dispatch(d) => {
-                    commands.push(d.command_id);
-                    dispatched.push((d.task.clone(), d.kind.as_str()));
-                    messages.push(command_message(saga.id, d));
+                    writes.command(saga.id, d.command_id);
+                    writes.message(command_message(saga.id, d));
+                    wrote.outbox = true;
+                    wrote.dispatched.push((d.task.clone(), d.kind.as_str()));
                 }
                 Effect::Schedule { timer, at } => {
-                    timers.insert(timer_key(timer), Some(*at));
+                    writes.arm(saga.id, timer_key(timer), *at);
+                    wrote.earliest_timer = Some(wrote.earliest_timer.map_or(*at, |e| e.min(*at)));
                 }
-                Effect::Cancel(timer) => {
-                    timers.insert(timer_key(timer), None);
-                }
-                Effect::CancelAll => {
-                    timers.clear();
-                    cancel_all = true;
-                }
+                Effect::Cancel(timer) => writes.disarm(saga.id, timer_key(timer)),
+                Effect::CancelAll => writes.disarm_all(saga.id),
                 Effect::Lifecycle(state) => {
-                    ended.push(state.as_str());
                     let mut body = status::render(saga, def, self.view(now, None, false));
                     body.state = *state;
-                    messages.push(store::outbox::NewMessage {
+                    writes.message(store::outbox::NewMessage {
                         saga_id: saga.id,
                         exchange: LIFECYCLE_EXCHANGE.into(),
                         routing_key: format!("{}.{}", saga.definition, state.as_str()),
@@ -538,29 +590,12 @@ impl Engine {
                         attempt_timeout: None,
                         command_id: None,
                     });
+                    wrote.outbox = true;
+                    wrote.ended.push(state.as_str());
                 }
             }
         }
-        if cancel_all {
-            store::timers::cancel_all(tx, saga.id).await?;
-        }
-        let (arm, disarm): (Vec<_>, Vec<_>) = timers.into_iter().partition(|(_, at)| at.is_some());
-        let disarm: Vec<String> = disarm.into_iter().map(|(k, _)| k).collect();
-        store::timers::cancel(tx, saga.id, &disarm).await?;
-        let arm: Vec<_> = arm
-            .into_iter()
-            .filter_map(|(k, at)| at.map(|at| (saga.id, k, at)))
-            .collect();
-        store::timers::schedule(tx, &arm).await?;
-        store::sagas::insert_commands(tx, saga.id, &commands).await?;
-        store::outbox::insert(tx, &messages).await?;
-        Ok(Wrote {
-            outbox: !messages.is_empty(),
-            timers: !arm.is_empty(),
-            definition: saga.definition.clone(),
-            dispatched,
-            ended,
-        })
+        wrote
     }
 
     fn after_commit(&self, saga: Uuid, wrote: Wrote) {
@@ -580,8 +615,8 @@ impl Engine {
         if wrote.outbox {
             self.inner.outbox_wake.notify_one();
         }
-        if wrote.timers {
-            self.inner.timers_wake.notify_one();
+        if let Some(at) = wrote.earliest_timer {
+            self.inner.timers_wake.armed(at);
         }
         // Nobody listening is fine.
         let _ = self.inner.changes.send(saga);
@@ -740,14 +775,21 @@ impl Engine {
 enum StartOutcome {
     /// An earlier request with the same idempotency key started this saga.
     Replayed(Saga),
-    Created(Saga, Wrote),
+    Created {
+        saga: Saga,
+        def: Arc<Definition>,
+        /// The database's clock in the transaction that started it.
+        now: DateTime<Utc>,
+        wrote: Wrote,
+    },
 }
 
 /// What a transition wrote that other components wait for.
 #[derive(Debug, Clone, Default)]
 struct Wrote {
     outbox: bool,
-    timers: bool,
+    /// The earliest timer armed.
+    earliest_timer: Option<DateTime<Utc>>,
     definition: String,
     /// `(task, kind)` of each command dispatched.
     dispatched: Vec<(String, &'static str)>,

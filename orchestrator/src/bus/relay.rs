@@ -16,9 +16,11 @@
 //! - A channel that breaks mid-batch rolls the transaction back (the rows stay, and are published
 //!   again with the same `message_id`: workers deduplicate) and ends the session.
 //!
-//! Between batches the relay sleeps until the engine commits outbox rows (in-process), another
-//! process does (`LISTEN`, only a hint), or a second passes (polling, which is correct on its
-//! own).
+//! Between batches the relay sleeps until the engine commits outbox rows (in-process) or a second
+//! passes: rows that another process committed are its own relay's to publish, and this one's
+//! poll only picks up what a process that died or lost the broker left behind. (A `NOTIFY` per
+//! transition used to wake every process's relay; it serialised commits for a hint nobody
+//! needed.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,10 +33,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm
 use saga_amqp::{AmqpError, BACKOFF_MIN, CONFIRM_TIMEOUT, confirmed_by, next_backoff, timed};
 use saga_wire::COMMANDS_EXCHANGE;
 use serde_json::Value;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use thiserror::Error;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 use uuid::Uuid;
@@ -79,7 +78,6 @@ pub(super) async fn run(
     engine: Engine,
     session: Arc<Session>,
     channel: Channel,
-    hint: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let lost = session.lost().clone();
@@ -113,7 +111,6 @@ pub(super) async fn run(
             _ = shutdown.cancelled() => return,
             _ = lost.cancelled() => return,
             _ = engine.outbox_wake().notified() => {}
-            _ = hint.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -133,10 +130,9 @@ pub(super) async fn relay_batch(
     channel: &Channel,
 ) -> Result<Batch, RelayError> {
     let mut tx = engine.pool().begin().await.map_err(StoreError::from)?;
-    let (rows, now) = store::outbox::claim(&mut tx, BATCH).await?;
-    if rows.is_empty() {
+    let Some((rows, now)) = store::outbox::claim(&mut tx, BATCH).await? else {
         return Ok(Batch::default());
-    }
+    };
     let span = info_span!("outbox batch", batch.size = rows.len());
     publish_claimed(engine, conn, channel, tx, rows, now)
         .instrument(span)
@@ -239,8 +235,8 @@ async fn publish_claimed(
     batch.published = published.len();
     store::outbox::published(&mut tx, &published, &timers).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    if !timers.is_empty() {
-        engine.timers_wake().notify_one();
+    if let Some(earliest) = timers.iter().map(|(_, _, at)| *at).min() {
+        engine.timers_wake().armed(earliest);
     }
     if !unroutable.is_empty() {
         let names: Vec<String> = unroutable.into_iter().collect();
@@ -320,36 +316,4 @@ fn prepare(row: &OutboxMessage, now: DateTime<Utc>) -> Option<Prepared> {
         properties,
         timer,
     })
-}
-
-/// Forwards `NOTIFY` on the outbox channel (other processes' commits) to `hint`, reconnecting
-/// with backoff when the listening connection fails. Runs until aborted.
-pub(super) async fn listen(pool: PgPool, hint: Arc<Notify>) {
-    let mut delay = BACKOFF_MIN;
-    loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(store::outbox::NOTIFY_CHANNEL).await {
-                Ok(()) => {
-                    delay = BACKOFF_MIN;
-                    // A notification may have been missed while not listening: look once.
-                    hint.notify_one();
-                    loop {
-                        match listener.recv().await {
-                            Ok(_) => hint.notify_one(),
-                            Err(e) => {
-                                debug!(error = %e, "LISTEN on the outbox channel failed; polling meanwhile");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    debug!(error = %e, "cannot LISTEN on the outbox channel; polling meanwhile")
-                }
-            },
-            Err(e) => debug!(error = %e, "cannot LISTEN on the outbox channel; polling meanwhile"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = next_backoff(delay);
-    }
 }

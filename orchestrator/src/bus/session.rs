@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use saga_amqp::{BACKOFF_MIN, End, confirming_channel, consume, next_backoff, run_sessions, timed};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use super::consumer::{self, Kind};
@@ -23,19 +21,13 @@ use crate::engine::Engine;
 pub(super) type Session = saga_amqp::Session<Bus>;
 
 pub(super) async fn run_forever(bus: Bus, engine: Engine, shutdown: CancellationToken) {
-    // LISTEN/NOTIFY hints from other processes' commits; lives across broker reconnects.
-    let hint = Arc::new(Notify::new());
-    let _listener = AbortOnDropHandle::new(tokio::spawn(relay::listen(
-        engine.pool().clone(),
-        hint.clone(),
-    )));
     let connect = || {
         let properties =
             ConnectionProperties::default().with_connection_name("saga-orchestrator".into());
         Connection::connect(&bus.inner.url, properties)
     };
     run_sessions(&shutdown, connect, |conn| {
-        run_session(&bus, conn, &engine, &shutdown, &hint)
+        run_session(&bus, conn, &engine, &shutdown)
     })
     .await;
     info!("the bus stopped");
@@ -71,7 +63,6 @@ async fn run_session(
     conn: Connection,
     engine: &Engine,
     shutdown: &CancellationToken,
-    hint: &Arc<Notify>,
 ) -> End {
     let session = Arc::new(Session::new(bus.clone(), conn));
     let watcher = session.watch("publishes");
@@ -104,7 +95,6 @@ async fn run_session(
         engine.clone(),
         session.clone(),
         opened.relay.clone(),
-        hint.clone(),
         shutdown.clone(),
     ));
     let mut channels = vec![opened.relay, opened.dead_letters];

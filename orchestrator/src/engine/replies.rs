@@ -1,18 +1,17 @@
 //! Replies applied in batches: group commit. A reply waits in a queue; up to [`LANES`] lanes
 //! (tasks, each with its own connection) drain it, each taking up to [`BATCH`] replies into one
 //! transaction — under load a transaction carries many replies, at rest each reply goes alone at
-//! once. Sagas are locked in the order of their ids, so two batches never wait on each other in
-//! a cycle. The transition of each reply is the same `apply_in` as everywhere: one saga, locked,
-//! decided, written; only the commit is shared. Nothing is acknowledged before that commit (the
-//! caller awaits its reply's outcome). When a batch fails, its replies are applied one per
+//! once. A batch is four statements: begin, lock the sagas of its commands (in the order of their
+//! ids, so that two batches never wait on each other in a cycle), write what the machine decided
+//! for each reply (`store::writes`: one statement), commit. Nothing is acknowledged before that
+//! commit (the caller awaits its reply's outcome). When a batch fails, its replies are applied one per
 //! transaction instead, so that one bad reply never holds up the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::oneshot;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Engine, EngineError, ReplyApplied, Wrote};
@@ -113,22 +112,20 @@ impl Engine {
         let outcome = self
             .transaction(async |tx| {
                 let ids: Vec<Uuid> = replies.iter().map(|r| r.command_id).collect();
-                let sagas: HashMap<Uuid, Uuid> = store::sagas::sagas_of_commands(tx, &ids).await?;
-                let mut order: Vec<usize> = (0..replies.len()).collect();
-                order.sort_by_key(|&i| sagas.get(&replies[i].command_id).copied());
-                let mut results: Vec<Option<(Uuid, Verdict, Wrote)>> = vec![None; replies.len()];
-                for i in order {
-                    let reply = replies[i];
-                    let Some(&saga) = sagas.get(&reply.command_id) else {
-                        continue;
-                    };
-                    let span = tracing::info_span!("reply", saga.id = %saga, command.id = %reply.command_id);
-                    let applied = self
-                        .apply_in(tx, saga, reply_input(reply))
-                        .instrument(span)
-                        .await?;
-                    results[i] = applied.map(|(verdict, wrote)| (saga, verdict, wrote));
-                }
+                let (owners, locked) = store::sagas::lock_by_commands(tx, &ids).await?;
+                let inputs = replies
+                    .iter()
+                    .map(|r| owners.get(&r.command_id).map(|&s| (s, reply_input(r))))
+                    .collect();
+                let applied = self.transition(tx, locked, inputs).await?;
+                let results: Vec<Option<(Uuid, Verdict, Wrote)>> = replies
+                    .iter()
+                    .zip(applied)
+                    .map(|(r, applied)| {
+                        let saga = *owners.get(&r.command_id)?;
+                        applied.map(|(verdict, wrote)| (saga, verdict, wrote))
+                    })
+                    .collect();
                 Ok(results)
             })
             .await;

@@ -1,14 +1,16 @@
 //! PostgreSQL: every SQL statement of the orchestrator lives here, one file per table.
 //!
 //! Functions take a connection (usually a transaction's) so that the engine can put a whole
-//! transition — saga, history, commands, outbox, timers — into one commit. Nothing here decides
-//! anything; it stores what the machine decided.
+//! transition — saga, history, commands, outbox, timers — into one commit; `writes` gathers what
+//! a batch of transitions writes into one statement. Nothing here decides anything; it stores
+//! what the machine decided.
 
 pub mod definitions;
 pub mod history;
 pub mod outbox;
 pub mod sagas;
 pub mod timers;
+pub mod writes;
 
 use std::str::FromStr;
 use std::time::Duration;

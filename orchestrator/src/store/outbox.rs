@@ -10,9 +10,6 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-/// The channel other processes' relays LISTEN on; a payload-less hint, never relied upon.
-pub const NOTIFY_CHANNEL: &str = "saga_outbox";
-
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
@@ -35,75 +32,28 @@ pub struct OutboxMessage {
     pub message: NewMessage,
 }
 
-pub async fn insert(conn: &mut PgConnection, messages: &[NewMessage]) -> Result<(), StoreError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let mut sagas = Vec::new();
-    let mut exchanges = Vec::new();
-    let mut keys = Vec::new();
-    let mut ids = Vec::new();
-    let mut types = Vec::new();
-    let mut reply_to = Vec::new();
-    let mut bodies = Vec::new();
-    let mut timeouts = Vec::new();
-    let mut commands = Vec::new();
-    for m in messages {
-        sagas.push(m.saga_id);
-        exchanges.push(m.exchange.clone());
-        keys.push(m.routing_key.clone());
-        ids.push(m.message_id);
-        types.push(m.message_type.clone());
-        reply_to.push(m.reply_to.clone());
-        bodies.push(m.body.clone());
-        timeouts.push(
-            m.attempt_timeout
-                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
-        );
-        commands.push(m.command_id);
-    }
-    sqlx::query(
-        "INSERT INTO outbox (saga_id, exchange, routing_key, message_id, message_type, reply_to,
-                             body, attempt_timeout_ms, command_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[],
-                              $6::text[], $7::jsonb[], $8::int8[], $9::uuid[])",
-    )
-    .bind(sagas)
-    .bind(exchanges)
-    .bind(keys)
-    .bind(ids)
-    .bind(types)
-    .bind(reply_to)
-    .bind(bodies)
-    .bind(timeouts)
-    .bind(commands)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Takes up to `limit` messages, oldest first, locked until the transaction ends (other relays
 /// skip them), with the database's clock read after they were taken — so after every one of them
-/// was committed, and an attempt's deadline never precedes its dispatch.
+/// was committed, and an attempt's deadline never precedes its dispatch. (The clock is read in
+/// the outer query, once the rows the statement's snapshot shows were locked.) None: nothing to
+/// take.
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
-) -> Result<(Vec<OutboxMessage>, DateTime<Utc>), StoreError> {
+) -> Result<Option<(Vec<OutboxMessage>, DateTime<Utc>)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, saga_id, exchange, routing_key, message_id, message_type, reply_to, body,
-                attempt_timeout_ms, command_id
-         FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT claimed.*, clock_timestamp() AS db_now FROM (
+             SELECT id, saga_id, exchange, routing_key, message_id, message_type, reply_to, body,
+                    attempt_timeout_ms, command_id
+             FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+         ) AS claimed",
     )
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(conn)
-        .await?;
+    let Some(now) = rows.last().map(|r| r.try_get("db_now")).transpose()? else {
+        return Ok(None);
+    };
     let messages = rows
         .iter()
         .map(|r| {
@@ -125,11 +75,13 @@ pub async fn claim(
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
-    Ok((messages, now))
+    Ok(Some((messages, now)))
 }
 
-/// The broker confirmed these: delete them. Attempt timers of the commands among them are armed
-/// in the same statement's transaction (an attempt's clock starts at publish).
+/// The broker confirmed these: delete them, and arm the attempt timers of the commands among
+/// them (an attempt's clock starts at publish), in one statement. A reply may have been applied
+/// before this commit; its saga then no longer waits for the command and the timer, when it
+/// fires, is ignored as stale.
 pub async fn published(
     conn: &mut PgConnection,
     ids: &[i64],
@@ -138,13 +90,30 @@ pub async fn published(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(&mut *conn)
-        .await?;
-    // A reply may have been applied before this commit; its saga then no longer waits for the
-    // command and the timer, when it fires, is ignored as stale.
-    super::timers::schedule(conn, attempt_timers).await
+    // Timer rows in the order of their sagas' ids, the order in which transitions lock sagas.
+    let mut timers = attempt_timers.to_vec();
+    timers.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut sagas = Vec::with_capacity(timers.len());
+    let mut keys = Vec::with_capacity(timers.len());
+    let mut ats = Vec::with_capacity(timers.len());
+    for (saga, key, at) in timers {
+        sagas.push(saga);
+        keys.push(key);
+        ats.push(at);
+    }
+    sqlx::query(
+        "WITH deleted AS (DELETE FROM outbox WHERE id = ANY($1))
+         INSERT INTO timers (saga_id, key, fire_at)
+         SELECT * FROM UNNEST($2::uuid[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (saga_id, key) DO UPDATE SET fire_at = EXCLUDED.fire_at",
+    )
+    .bind(ids)
+    .bind(sagas)
+    .bind(keys)
+    .bind(ats)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Whether the saga has messages that were never published, and since when.

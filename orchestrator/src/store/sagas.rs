@@ -1,5 +1,7 @@
 //! The `sagas` table (one row per saga, the machine's state) and the `commands` index.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -42,7 +44,7 @@ fn decode(row: &PgRow) -> Result<Saga, StoreError> {
     })
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
+pub(super) fn encode<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
     serde_json::to_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -54,77 +56,65 @@ pub struct Idempotency {
     pub request: Value,
 }
 
-pub async fn insert(
-    conn: &mut PgConnection,
-    saga: &Saga,
-    idem: Option<&Idempotency>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO sagas (id, definition, version, state, revision, input, output, failure, steps,
-             early_signals, created_at, updated_at, deadline, wait_until, history_seq,
-             idempotency_key, request_digest)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(saga.id)
-    .bind(&saga.definition)
-    .bind(saga.version)
-    .bind(saga.state.as_str())
-    .bind(saga.revision)
-    .bind(&saga.input)
-    .bind(&saga.output)
-    .bind(saga.failure.as_ref().map(encode).transpose()?)
-    .bind(encode(&saga.steps)?)
-    .bind(encode(&saga.early_signals)?)
-    .bind(saga.created_at)
-    .bind(saga.updated_at)
-    .bind(saga.deadline)
-    .bind(saga.wait_until)
-    .bind(saga.history_seq)
-    .bind(idem.map(|i| i.key.as_str()))
-    .bind(idem.map(|i| &i.request))
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Sagas locked by a transaction, with the database's clock read once they were.
+#[derive(Debug)]
+pub struct Locked {
+    pub sagas: HashMap<Uuid, Saga>,
+    pub now: DateTime<Utc>,
 }
 
-/// Writes the machine's new state of a saga whose row this transaction has locked.
-pub async fn update(conn: &mut PgConnection, saga: &Saga) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE sagas SET state = $2, revision = $3, output = $4, failure = $5, steps = $6,
-             early_signals = $7, updated_at = $8, deadline = $9, wait_until = $10, history_seq = $11
-         WHERE id = $1",
-    )
-    .bind(saga.id)
-    .bind(saga.state.as_str())
-    .bind(saga.revision)
-    .bind(&saga.output)
-    .bind(saga.failure.as_ref().map(encode).transpose()?)
-    .bind(encode(&saga.steps)?)
-    .bind(encode(&saga.early_signals)?)
-    .bind(saga.updated_at)
-    .bind(saga.deadline)
-    .bind(saga.wait_until)
-    .bind(saga.history_seq)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Loads a saga and locks its row until the transaction ends, with the database's clock.
-/// `FOR NO KEY UPDATE`, not `FOR UPDATE`: a saga's id never changes, and the weaker lock lets
-/// other transactions insert rows that reference the saga (the relay arming attempt timers)
+/// Loads these sagas and locks their rows until the transaction ends, in the order of their ids
+/// (every transaction that locks several sagas does so in this order: none waits on another in a
+/// cycle). `FOR NO KEY UPDATE`, not `FOR UPDATE`: a saga's id never changes, and the weaker lock
+/// lets other transactions insert rows that reference the saga (the relay arming attempt timers)
 /// without waiting for it — with `FOR UPDATE` those foreign-key checks deadlocked against
-/// batches of replies.
-pub async fn lock(
+/// batches of replies. Sagas that do not exist are left out.
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Locked, StoreError> {
+    let (_, locked) = lock_where(conn, "id", "sagas WHERE id = ANY($1)", ids).await?;
+    Ok(locked)
+}
+
+/// Locks the sagas of these commands as [`lock`] does; with the saga of each known command.
+pub async fn lock_by_commands(
     conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<(Saga, DateTime<Utc>)>, StoreError> {
+    commands: &[Uuid],
+) -> Result<(HashMap<Uuid, Uuid>, Locked), StoreError> {
+    lock_where(
+        conn,
+        "command_id",
+        "commands JOIN sagas ON sagas.id = commands.saga_id WHERE command_id = ANY($1)",
+        commands,
+    )
+    .await
+}
+
+/// Locks the sagas of the rows `from` selects (`$1`: the `key`s asked for); with each key's
+/// saga. The clock is read in the outer query, after each row was locked (possibly after
+/// waiting for it).
+async fn lock_where(
+    conn: &mut PgConnection,
+    key: &str,
+    from: &str,
+    ids: &[Uuid],
+) -> Result<(HashMap<Uuid, Uuid>, Locked), StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, clock_timestamp() AS db_now FROM sagas WHERE id = $1 FOR NO KEY UPDATE"
+        "SELECT locked.*, clock_timestamp() AS db_now FROM (
+             SELECT {key} AS lock_key, {COLUMNS} FROM {from} ORDER BY id FOR NO KEY UPDATE OF sagas
+         ) AS locked"
     ));
-    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
-    row.map(|r| Ok((decode(&r)?, r.try_get("db_now")?)))
-        .transpose()
+    let rows = sqlx::query(sql).bind(ids).fetch_all(&mut *conn).await?;
+    let now = match rows.last() {
+        Some(r) => r.try_get("db_now")?,
+        None => db_now(conn).await?,
+    };
+    let mut owners = HashMap::with_capacity(rows.len());
+    let mut sagas = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let saga = decode(row)?;
+        owners.insert(row.try_get("lock_key")?, saga.id);
+        sagas.insert(saga.id, saga);
+    }
+    Ok((owners, Locked { sagas, now }))
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Saga>, StoreError> {
@@ -158,47 +148,6 @@ pub async fn try_lock_idempotency_key(
             .fetch_one(conn)
             .await?,
     )
-}
-
-pub async fn insert_commands(
-    conn: &mut PgConnection,
-    saga: Uuid,
-    commands: &[Uuid],
-) -> Result<(), StoreError> {
-    if commands.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("INSERT INTO commands (command_id, saga_id) SELECT UNNEST($2::uuid[]), $1")
-        .bind(saga)
-        .bind(commands)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn saga_of_command(
-    conn: &mut PgConnection,
-    command: Uuid,
-) -> Result<Option<Uuid>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT saga_id FROM commands WHERE command_id = $1")
-            .bind(command)
-            .fetch_optional(conn)
-            .await?,
-    )
-}
-
-/// The saga of each of these commands that is known.
-pub async fn sagas_of_commands(
-    conn: &mut PgConnection,
-    commands: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, Uuid>, StoreError> {
-    let rows: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT command_id, saga_id FROM commands WHERE command_id = ANY($1)")
-            .bind(commands)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().collect())
 }
 
 /// Filters of `GET /v1/sagas`.
