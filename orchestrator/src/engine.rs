@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::definition::{Definition, Violation, parse_definition};
 use crate::machine::{self, Decision, Effect, Input, Saga, Timer, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauge, Metrics};
 use crate::status::{self, QueueState, SagaStatus, View};
 use crate::store::{
     self, StoreError, definitions::StoredDefinition, history::HistoryEntry, writes::Writes,
@@ -25,6 +25,7 @@ use crate::timers::TimerWake;
 use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE};
 
 mod bulk;
+mod observe;
 mod replies;
 
 pub use bulk::{BulkAction, BulkItem, BulkOutcome, BulkReport, BulkRequest};
@@ -143,6 +144,71 @@ impl Engine {
     /// What this process has counted, for `GET /metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The gauges of `GET /metrics`, read now: sagas in flight, outbox and timers (from the
+    /// database), task queues (from the broker). What cannot be read now is left out (and said
+    /// at debug level): a scrape never fails for it.
+    pub async fn gauges(&self) -> Vec<Gauge> {
+        let mut gauges = Vec::new();
+        let read = async {
+            let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+            store::gauges(&mut conn).await
+        };
+        match read.await {
+            Ok(g) => {
+                for state in ["running", "compensating", "suspended"] {
+                    let n = g
+                        .live
+                        .iter()
+                        .find(|(s, _)| s == state)
+                        .map_or(0, |(_, n)| *n);
+                    gauges.push(Gauge::new("saga_sagas", &[("state", state)], n as f64));
+                }
+                gauges.extend([
+                    Gauge::new("saga_outbox_messages", &[], g.outbox_messages as f64),
+                    Gauge::new("saga_outbox_oldest_age_seconds", &[], g.outbox_oldest_age_s),
+                    Gauge::new("saga_timers_due", &[], g.timers_due as f64),
+                    Gauge::new("saga_timer_lag_seconds", &[], g.timer_lag_s),
+                ]);
+            }
+            Err(e) => tracing::debug!(error = %e, "metrics: cannot read the database's gauges"),
+        }
+        let Some(probe) = &self.inner.queues else {
+            return gauges;
+        };
+        let tasks = match self.all_task_names().await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: cannot read the task names");
+                return gauges;
+            }
+        };
+        // In the order of their names, as the rest of the exposition.
+        let states: std::collections::BTreeMap<_, _> =
+            probe.queues(tasks).await.into_iter().collect();
+        for (task, state) in &states {
+            let queue = saga_wire::task_queue(task);
+            let (messages, consumers) = match state {
+                QueueState::Present {
+                    messages,
+                    consumers,
+                } => (*messages, *consumers),
+                QueueState::Missing => (0, 0),
+            };
+            let l = [("queue", queue.as_str())];
+            gauges.push(Gauge::new(
+                "saga_task_queue_messages",
+                &l,
+                f64::from(messages),
+            ));
+            gauges.push(Gauge::new(
+                "saga_task_queue_consumers",
+                &l,
+                f64::from(consumers),
+            ));
+        }
+        gauges
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -535,11 +601,13 @@ impl Engine {
                 continue;
             };
             let def = self.definition(tx, &saga.definition, saga.version).await?;
+            let reply = observe::reply_outcome(&input);
             let decision = machine::decide(saga, &def, input, now, &mut Uuid::now_v7);
             if decision.saga != *saga {
                 writes.update_saga(decision.saga.clone());
             }
-            let wrote = self.record(&mut writes, &decision, &def, now);
+            let mut wrote = self.record(&mut writes, &decision, &def, now);
+            wrote.observed = observe::observe(saga, reply, &decision, &def);
             results.push(Some((decision.verdict, wrote)));
             *saga = decision.saga;
         }
@@ -610,6 +678,27 @@ impl Engine {
             m.inc(
                 "saga_ended_total",
                 &[("definition", &wrote.definition), ("state", state)],
+            );
+        }
+        let observed = &wrote.observed;
+        for (task, kind, outcome) in &observed.attempts {
+            m.inc(
+                "saga_step_attempts_total",
+                &[("task", task), ("kind", kind), ("outcome", outcome)],
+            );
+        }
+        for (task, state, seconds) in &observed.steps {
+            m.observe(
+                "saga_step_duration_seconds",
+                &[("task", task), ("state", state)],
+                *seconds,
+            );
+        }
+        if let Some((state, seconds)) = observed.saga {
+            m.observe(
+                "saga_duration_seconds",
+                &[("definition", &wrote.definition), ("state", state)],
+                seconds,
             );
         }
         if wrote.outbox {
@@ -795,6 +884,7 @@ struct Wrote {
     dispatched: Vec<(String, &'static str)>,
     /// The states entered that a lifecycle event announces.
     ended: Vec<&'static str>,
+    observed: observe::Observed,
 }
 
 fn command_message(saga: Uuid, d: &machine::Dispatch) -> store::outbox::NewMessage {

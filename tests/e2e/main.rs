@@ -11,6 +11,7 @@ mod dashboard;
 mod definitions;
 mod engine;
 mod escrow;
+mod metrics;
 mod operations;
 mod sagas_api;
 mod signals;

@@ -14,14 +14,15 @@ use super::problem::ApiError;
 /// How long readiness waits for a database connection before calling it down.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /metrics`: the Prometheus text format.
+/// `GET /metrics`: the Prometheus text format (docs/observability.md).
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let gauges = state.engine.gauges().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.engine.metrics().render(),
+        state.engine.metrics().render(&gauges),
     )
 }
 

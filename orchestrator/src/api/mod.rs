@@ -114,7 +114,52 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(CatchPanicLayer::custom(panicked))
+        // Outermost: it counts the 500 of a handler that panicked too.
+        .layer(middleware::from_fn_with_state(state.clone(), measure))
         .with_state(state)
+}
+
+/// Counts each request, and its latency, by method, route (the pattern, never the path: no saga
+/// id in a label) and status.
+async fn measure(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        // Any other token is a method too; one label keeps the set bounded.
+        _ => "other",
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let m = state.engine.metrics();
+    let status = response.status();
+    m.inc(
+        "saga_http_requests_total",
+        &[
+            ("method", method),
+            ("route", &route),
+            ("status", status.as_str()),
+        ],
+    );
+    m.observe(
+        "saga_http_request_duration_seconds",
+        &[("method", method), ("route", &route)],
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 fn request_span(req: &Request) -> Span {

@@ -69,11 +69,45 @@ impl Kind {
 pub(super) enum Disposition {
     /// Applied and committed (or a duplicate): ack.
     Ack,
-    /// Unusable: publish it to the queue's DLQ with this reason, then ack.
-    DeadLetter(String),
+    /// Unusable: publish it to the queue's DLQ with this reason (a kind, for the metrics, and
+    /// words, for the `x-saga-error` header), then ack.
+    DeadLetter(Unusable, String),
     /// Stopping (shutdown, or the connection is lost) before it could be applied: neither ack nor
     /// nack; the broker redelivers it when the channel closes.
     Leave,
+}
+
+/// Why a message is dead-lettered, as `saga_dead_letters_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unusable {
+    /// Not the shape PROTOCOL.md gives.
+    Malformed,
+    /// A reply to a command the orchestrator never sent.
+    UnknownCommand,
+    /// An event for a saga that does not exist.
+    UnknownSaga,
+    /// An event the saga refused (it awaits no such event).
+    Refused,
+    /// A start the definition rejects (unknown definition, input against its schema).
+    Invalid,
+    /// A start whose idempotency key was used by a different request.
+    KeyReused,
+    /// The engine failed for good on it.
+    Failed,
+}
+
+impl Unusable {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Unusable::Malformed => "malformed",
+            Unusable::UnknownCommand => "unknown_command",
+            Unusable::UnknownSaga => "unknown_saga",
+            Unusable::Refused => "refused",
+            Unusable::Invalid => "invalid",
+            Unusable::KeyReused => "key_reused",
+            Unusable::Failed => "failed",
+        }
+    }
 }
 
 /// What a handler needs.
@@ -205,9 +239,13 @@ async fn handle(kind: Kind, ctx: Arc<Ctx>, delivery: Delivery, _permit: OwnedSem
 async fn settle(kind: Kind, ctx: &Ctx, delivery: &Delivery, disposition: Disposition) {
     match disposition {
         Disposition::Ack => ack(ctx, delivery).await,
-        Disposition::DeadLetter(reason) => {
+        Disposition::DeadLetter(why, reason) => {
             match deadletter::publish(&ctx.dead_letters, kind.dlq(), delivery, &reason).await {
                 Ok(()) => {
+                    ctx.engine.metrics().inc(
+                        "saga_dead_letters_total",
+                        &[("queue", kind.queue()), ("reason", why.as_str())],
+                    );
                     warn!(%reason, dlq = kind.dlq(), "dead-lettered a message");
                     ack(ctx, delivery).await;
                 }

@@ -11,7 +11,7 @@ use saga_amqp::clip;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::consumer::{Ctx, Disposition};
+use super::consumer::{Ctx, Disposition, Unusable};
 use super::find_nul;
 use super::replies::kind_of;
 use crate::engine::EngineError;
@@ -33,7 +33,7 @@ pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
         .map(|c| c.as_str());
     let event = match parse(delivery.routing_key.as_str(), correlation, &delivery.data) {
         Ok(event) => event,
-        Err(reason) => return Disposition::DeadLetter(reason),
+        Err(reason) => return Disposition::DeadLetter(Unusable::Malformed, reason),
     };
     let Event {
         saga_id,
@@ -56,15 +56,18 @@ pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
     match applied {
         None => Disposition::Leave,
         Some(Ok(_)) => Disposition::Ack,
-        Some(Err(EngineError::Refused(reason))) => Disposition::DeadLetter(format!(
-            "event {event:?} refused by saga {saga_id}: {reason}"
-        )),
-        Some(Err(EngineError::NotFound)) => {
-            Disposition::DeadLetter(format!("event {event:?} names an unknown saga {saga_id}"))
-        }
-        Some(Err(e)) => {
-            Disposition::DeadLetter(format!("event {event:?} could not be delivered: {e}"))
-        }
+        Some(Err(EngineError::Refused(reason))) => Disposition::DeadLetter(
+            Unusable::Refused,
+            format!("event {event:?} refused by saga {saga_id}: {reason}"),
+        ),
+        Some(Err(EngineError::NotFound)) => Disposition::DeadLetter(
+            Unusable::UnknownSaga,
+            format!("event {event:?} names an unknown saga {saga_id}"),
+        ),
+        Some(Err(e)) => Disposition::DeadLetter(
+            Unusable::Failed,
+            format!("event {event:?} could not be delivered: {e}"),
+        ),
     }
 }
 

@@ -11,7 +11,7 @@ use saga_wire::{Reply, ReplyBody, StepError};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::consumer::{Ctx, Disposition};
+use super::consumer::{Ctx, Disposition, Unusable};
 use super::find_nul;
 use crate::engine::ReplyApplied;
 
@@ -35,10 +35,16 @@ pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
     match applied {
         None => Disposition::Leave,
         Some(Ok(ReplyApplied::Applied | ReplyApplied::Ignored)) => Disposition::Ack,
-        Some(Ok(ReplyApplied::UnknownCommand)) => Disposition::DeadLetter(format!(
-            "unknown command {command_id}: the orchestrator never sent a command with this id"
-        )),
-        Some(Err(e)) => Disposition::DeadLetter(format!("the reply could not be applied: {e}")),
+        Some(Ok(ReplyApplied::UnknownCommand)) => Disposition::DeadLetter(
+            Unusable::UnknownCommand,
+            format!(
+                "unknown command {command_id}: the orchestrator never sent a command with this id"
+            ),
+        ),
+        Some(Err(e)) => Disposition::DeadLetter(
+            Unusable::Failed,
+            format!("the reply could not be applied: {e}"),
+        ),
     }
 }
 
@@ -47,7 +53,7 @@ pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
 async fn malformed_reply(ctx: &Ctx, malformed: Malformed) -> Disposition {
     let Malformed { command_id, reason } = malformed;
     let Some(command_id) = command_id else {
-        return Disposition::DeadLetter(reason);
+        return Disposition::DeadLetter(Unusable::Malformed, reason);
     };
     tracing::Span::current().record("command.id", tracing::field::display(command_id));
     let recorded = ctx
@@ -57,13 +63,16 @@ async fn malformed_reply(ctx: &Ctx, malformed: Malformed) -> Disposition {
         .await;
     match recorded {
         None => Disposition::Leave,
-        Some(Ok(ReplyApplied::UnknownCommand)) => {
-            Disposition::DeadLetter(format!("{reason} (and no command {command_id} is known)"))
+        Some(Ok(ReplyApplied::UnknownCommand)) => Disposition::DeadLetter(
+            Unusable::Malformed,
+            format!("{reason} (and no command {command_id} is known)"),
+        ),
+        Some(Ok(ReplyApplied::Applied | ReplyApplied::Ignored)) => {
+            Disposition::DeadLetter(Unusable::Malformed, reason)
         }
-        Some(Ok(ReplyApplied::Applied | ReplyApplied::Ignored)) => Disposition::DeadLetter(reason),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "cannot record a malformed reply in its saga's history");
-            Disposition::DeadLetter(reason)
+            Disposition::DeadLetter(Unusable::Malformed, reason)
         }
     }
 }

@@ -26,7 +26,12 @@ pub(super) async fn run_forever(bus: Bus, engine: Engine, shutdown: Cancellation
             ConnectionProperties::default().with_connection_name("saga-orchestrator".into());
         Connection::connect(&bus.inner.url, properties)
     };
+    let mut connected_before = false;
     run_sessions(&shutdown, connect, |conn| {
+        if connected_before {
+            engine.metrics().inc("saga_broker_reconnects_total", &[]);
+        }
+        connected_before = true;
         run_session(&bus, conn, &engine, &shutdown)
     })
     .await;

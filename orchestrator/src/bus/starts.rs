@@ -8,7 +8,7 @@ use lapin::message::Delivery;
 use saga_amqp::clip;
 use serde_json::{Map, Value};
 
-use super::consumer::{Ctx, Disposition};
+use super::consumer::{Ctx, Disposition, Unusable};
 use super::replies::kind_of;
 use super::{escape_pointer, find_nul};
 use crate::definition::Violation;
@@ -27,11 +27,11 @@ pub(super) struct StartMessage {
 pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
     let key = match idempotency_key(delivery) {
         Ok(key) => key,
-        Err(reason) => return Disposition::DeadLetter(reason),
+        Err(reason) => return Disposition::DeadLetter(Unusable::Malformed, reason),
     };
     let start = match parse(&delivery.data) {
         Ok(start) => start,
-        Err(reason) => return Disposition::DeadLetter(reason),
+        Err(reason) => return Disposition::DeadLetter(Unusable::Malformed, reason),
     };
     let request = StartRequest {
         definition: start.definition,
@@ -53,14 +53,20 @@ pub(super) async fn handle(ctx: &Ctx, delivery: &Delivery) -> Disposition {
             }
             Disposition::Ack
         }
-        Some(Err(EngineError::InvalidStart(violations))) => {
-            Disposition::DeadLetter(format!("cannot start a saga: {}", describe(&violations)))
+        Some(Err(EngineError::InvalidStart(violations))) => Disposition::DeadLetter(
+            Unusable::Invalid,
+            format!("cannot start a saga: {}", describe(&violations)),
+        ),
+        Some(Err(EngineError::KeyReused)) => Disposition::DeadLetter(
+            Unusable::KeyReused,
+            format!(
+                "cannot start a saga: the message_id {:?} was already used as the idempotency key of a different request",
+                clip(key.as_deref().unwrap_or_default(), 255)
+            ),
+        ),
+        Some(Err(e)) => {
+            Disposition::DeadLetter(Unusable::Failed, format!("cannot start a saga: {e}"))
         }
-        Some(Err(EngineError::KeyReused)) => Disposition::DeadLetter(format!(
-            "cannot start a saga: the message_id {:?} was already used as the idempotency key of a different request",
-            clip(key.as_deref().unwrap_or_default(), 255)
-        )),
-        Some(Err(e)) => Disposition::DeadLetter(format!("cannot start a saga: {e}")),
     }
 }
 

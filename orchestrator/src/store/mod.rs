@@ -97,3 +97,48 @@ async fn create_database_if_missing(
     admin.close().await?;
     Ok(())
 }
+
+/// What `GET /metrics` reads of the database, at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gauges {
+    /// Sagas in flight, by state (only states that have some).
+    pub live: Vec<(String, i64)>,
+    pub outbox_messages: i64,
+    pub outbox_oldest_age_s: f64,
+    pub timers_due: i64,
+    pub timer_lag_s: f64,
+}
+
+/// One statement; the live sagas are counted off the partial index of live sagas, the outbox
+/// and due timers off their own small tables.
+pub async fn gauges(conn: &mut sqlx::PgConnection) -> Result<Gauges, StoreError> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT
+             (SELECT COALESCE(jsonb_object_agg(state, n), '{}') FROM (
+                  SELECT state, count(*) AS n FROM sagas
+                  WHERE state IN ('running', 'compensating', 'suspended') GROUP BY state) AS l)
+                 AS live,
+             (SELECT count(*) FROM outbox) AS outbox_messages,
+             (SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - MIN(created_at)), 0)::float8
+                  FROM outbox) AS outbox_oldest_age_s,
+             (SELECT count(*) FROM timers WHERE fire_at <= clock_timestamp()) AS timers_due,
+             (SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - MIN(fire_at)), 0)::float8
+                  FROM timers WHERE fire_at <= clock_timestamp()) AS timer_lag_s",
+    )
+    .fetch_one(conn)
+    .await?;
+    let live: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(row.try_get("live")?)
+            .map_err(|e| StoreError::Corrupt(format!("live saga counts: {e}")))?;
+    Ok(Gauges {
+        live: live
+            .into_iter()
+            .map(|(state, n)| (state, n.as_i64().unwrap_or_default()))
+            .collect(),
+        outbox_messages: row.try_get("outbox_messages")?,
+        outbox_oldest_age_s: row.try_get("outbox_oldest_age_s")?,
+        timers_due: row.try_get("timers_due")?,
+        timer_lag_s: row.try_get("timer_lag_s")?,
+    })
+}
