@@ -383,4 +383,42 @@ mod tests {
         // A gauge the scrape could not read is left out, not shown as 0.
         assert!(!text.contains("\nsaga_timers_due "));
     }
+
+    /// Every `saga_…` name in `text`.
+    fn names(text: &str) -> Vec<&str> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("saga_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            names.push(&tail[..end]);
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alerts_use_only_families_that_exist() {
+        for (file, text) in [
+            (
+                "grafana-dashboard.json",
+                include_str!("../../docs/observability/grafana-dashboard.json"),
+            ),
+            ("alerts.yml", include_str!("../../docs/observability/alerts.yml")),
+        ] {
+            let used = names(text);
+            assert!(used.len() > 5, "{file} uses the metrics");
+            for name in used {
+                let known = FAMILIES.iter().any(|f| match f.kind {
+                    Type::Histogram(_) => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(f.name)),
+                    _ => name == f.name,
+                });
+                assert!(known, "{file} uses {name}, which /metrics does not have");
+            }
+        }
+    }
 }
