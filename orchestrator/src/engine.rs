@@ -24,9 +24,11 @@ use crate::store::{
 use crate::timers::TimerWake;
 use saga_wire::{COMMANDS_EXCHANGE, LIFECYCLE_EXCHANGE, REPLIES_QUEUE};
 
+mod batch;
 mod bulk;
 mod observe;
 mod replies;
+mod starts;
 
 pub use bulk::{BulkAction, BulkItem, BulkOutcome, BulkReport, BulkRequest};
 
@@ -114,7 +116,8 @@ struct Inner {
     closing: CancellationToken,
     metrics: Metrics,
     queues: Option<Arc<dyn QueueProbe>>,
-    replies: replies::ReplyQueue,
+    replies: replies::Queue,
+    starts: starts::Queue,
 }
 
 impl Engine {
@@ -131,7 +134,8 @@ impl Engine {
                 closing: CancellationToken::new(),
                 metrics: Metrics::default(),
                 queues,
-                replies: replies::ReplyQueue::default(),
+                replies: replies::Queue::default(),
+                starts: starts::Queue::default(),
             }),
         }
     }
@@ -331,115 +335,6 @@ impl Engine {
     }
 
     // ----- sagas -------------------------------------------------------------------------------
-
-    #[tracing::instrument(skip_all, fields(definition = %req.definition, saga.id = tracing::field::Empty))]
-    pub async fn start(&self, req: StartRequest) -> Result<Started, EngineError> {
-        let started = self
-            .transaction(async |tx| self.start_in(tx, &req).await)
-            .await?;
-        match started {
-            StartOutcome::Replayed(saga) => {
-                let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
-                let status = self.render(&mut conn, &saga, true).await?;
-                Ok(Started {
-                    status,
-                    created: false,
-                })
-            }
-            StartOutcome::Created {
-                saga,
-                def,
-                now,
-                wrote,
-            } => {
-                let m = &self.inner.metrics;
-                m.inc("saga_started_total", &[("definition", &saga.definition)]);
-                self.after_commit(saga.id, wrote);
-                tracing::info!(saga.id = %saga.id, "saga started");
-                // Just started: not stuck, nothing to ask the database or the broker.
-                let status = status::render(&saga, &def, self.view(now, None, true));
-                Ok(Started {
-                    status,
-                    created: true,
-                })
-            }
-        }
-    }
-
-    async fn start_in(
-        &self,
-        tx: &mut PgConnection,
-        req: &StartRequest,
-    ) -> Result<StartOutcome, EngineError> {
-        if let Some(key) = &req.idempotency_key {
-            if !store::sagas::try_lock_idempotency_key(tx, key).await? {
-                return Err(EngineError::KeyInProgress);
-            }
-            if let Some((saga, request)) = store::sagas::by_idempotency_key(tx, key).await? {
-                if request != req.request {
-                    return Err(EngineError::KeyReused);
-                }
-                return Ok(StartOutcome::Replayed(saga));
-            }
-        }
-        let stored = match req.version {
-            None => store::definitions::latest(tx, &req.definition).await?,
-            Some(v) => store::definitions::get(tx, &req.definition, v).await?,
-        };
-        let Some(stored) = stored else {
-            let known = store::definitions::latest(tx, &req.definition)
-                .await?
-                .is_some();
-            let (pointer, detail) = if known {
-                (
-                    "/version",
-                    format!("`{}` has no such version", req.definition),
-                )
-            } else {
-                (
-                    "/definition",
-                    format!("no definition is named `{}`", req.definition),
-                )
-            };
-            return Err(EngineError::InvalidStart(vec![Violation {
-                pointer: pointer.into(),
-                detail,
-            }]));
-        };
-        let def = self.definition(tx, &stored.name, stored.version).await?;
-        def.check_input(&req.input)
-            .map_err(EngineError::InvalidStart)?;
-        let id = Uuid::now_v7();
-        tracing::Span::current().record("saga.id", tracing::field::display(id));
-        let now = store::sagas::db_now(tx).await?;
-        let fresh = Saga::new(id, &def, stored.version, req.input.clone(), now);
-        let decision = machine::decide(
-            &fresh,
-            &def,
-            Input::Start {
-                actor: req.actor.clone(),
-            },
-            now,
-            &mut Uuid::now_v7,
-        );
-        let idem = req
-            .idempotency_key
-            .clone()
-            .map(|key| store::sagas::Idempotency {
-                key,
-                request: req.request.clone(),
-            });
-        let mut writes = Writes::default();
-        writes.insert_saga(decision.saga.clone(), idem);
-        let wrote = self.record(&mut writes, &decision, &def, now);
-        writes.flush(tx).await?;
-        Ok(StartOutcome::Created {
-            saga: decision.saga,
-            def,
-            now,
-            wrote,
-        })
-    }
 
     /// Applies one input to a saga. `Err(Refused)` when the machine refused it (a refused signal
     /// is still recorded in the history).
@@ -858,19 +753,6 @@ impl Engine {
             .flatten();
         Ok((items, next))
     }
-}
-
-/// What a start's transaction did.
-enum StartOutcome {
-    /// An earlier request with the same idempotency key started this saga.
-    Replayed(Saga),
-    Created {
-        saga: Saga,
-        def: Arc<Definition>,
-        /// The database's clock in the transaction that started it.
-        now: DateTime<Utc>,
-        wrote: Wrote,
-    },
 }
 
 /// What a transition wrote that other components wait for.

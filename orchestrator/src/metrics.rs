@@ -406,7 +406,10 @@ mod tests {
                 "grafana-dashboard.json",
                 include_str!("../../docs/observability/grafana-dashboard.json"),
             ),
-            ("alerts.yml", include_str!("../../docs/observability/alerts.yml")),
+            (
+                "alerts.yml",
+                include_str!("../../docs/observability/alerts.yml"),
+            ),
         ] {
             let used = names(text);
             assert!(used.len() > 5, "{file} uses the metrics");

@@ -29,6 +29,21 @@ async fn scrape(env: &TestEnv) -> (String, BTreeMap<String, f64>) {
     (text, samples)
 }
 
+/// Scrapes until the outbox is empty (the relay deletes a row once the broker confirmed it,
+/// a moment after the message is in its queue).
+async fn scrape_drained(env: &TestEnv) -> (String, BTreeMap<String, f64>) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let scraped = scrape(env).await;
+        if value(&scraped.1, "saga_outbox_messages") == 0.0
+            || tokio::time::Instant::now() > deadline
+        {
+            return scraped;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
         .get(series)
@@ -74,16 +89,7 @@ async fn metrics_count_a_known_set_of_sagas() {
         StatusCode::NOT_FOUND
     );
 
-    // Lifecycle events leave the outbox shortly after the sagas end.
-    let mut scraped = scrape(&env).await;
-    for _ in 0..50 {
-        if value(&scraped.1, "saga_outbox_messages") == 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        scraped = scrape(&env).await;
-    }
-    let (text, s) = scraped;
+    let (text, s) = scrape_drained(&env).await;
     let v = |series: &str| value(&s, series);
 
     assert_eq!(v(r#"saga_started_total{definition="shop"}"#), 5.0);
@@ -181,7 +187,7 @@ async fn gauges_show_sagas_waiting_on_a_queue_nobody_consumes() {
         .await
         .wait_queue_count("saga.task.t.a", SOON, |n| n == 1)
         .await;
-    let (_, s) = scrape(&env).await;
+    let (_, s) = scrape_drained(&env).await;
     let v = |series: &str| value(&s, series);
     assert_eq!(v(r#"saga_sagas{state="running"}"#), 1.0, "{id}");
     assert_eq!(
