@@ -364,7 +364,12 @@ impl Engine {
                 request: req.request.clone(),
             });
         let mut writes = Writes::default();
-        writes.insert_saga(decision.saga.clone(), idem);
+        // The start's span is the saga's trace: every later dispatch continues it.
+        writes.insert_saga(
+            decision.saga.clone(),
+            idem,
+            crate::trace::current_traceparent(),
+        );
         let wrote = self.record(&mut writes, &decision, &def, now);
         writes.flush(tx).await?;
         Ok(StartOutcome::Created {
