@@ -14,6 +14,7 @@ mod escrow;
 mod operations;
 mod sagas_api;
 mod signals;
+mod tracing;
 
 use std::time::Duration;
 
