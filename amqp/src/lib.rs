@@ -10,11 +10,12 @@
 //! - [`run_sessions`]: the reconnect loop. lapin's own recovery is not used (CRATES.md): each
 //!   connection gets a fresh session, and what was not acknowledged is redelivered by the broker.
 //! - [`clip`]: shortens text taken from a message, for reasons and logs.
+//! - [`trace`]: W3C trace context in message headers (the `opentelemetry` API, no exporter).
 //!
 //! What it must never do: know about sagas, commands, replies or queue names (PROTOCOL.md is the
 //! callers' business), Postgres or HTTP; declare, publish, acknowledge or decide anything on its
 //! own — it runs the operations its callers hand it. It stays as light as the worker SDK must
-//! be: lapin, tokio and logging, nothing more.
+//! be: lapin, tokio, logging and the OpenTelemetry API with its W3C propagator, nothing more.
 //!
 //! Its logs carry the target `saga_amqp`: a filter that names a crate (`RUST_LOG=saga_worker=debug`)
 //! should name this one too to see connects, reconnects and lost sessions.
@@ -26,6 +27,7 @@ mod op;
 mod reconnect;
 mod session;
 mod text;
+pub mod trace;
 
 pub use backoff::{BACKOFF_MAX, BACKOFF_MIN, next_backoff};
 pub use error::AmqpError;

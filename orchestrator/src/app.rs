@@ -100,10 +100,18 @@ impl App {
     }
 }
 
-/// The whole program: configuration from the environment, logs to stderr, runs until SIGTERM or
-/// SIGINT. `main.rs` is this one call.
+/// The whole program: configuration from the environment, logs to stderr (and traces, when
+/// asked for), runs until SIGTERM or SIGINT. `main.rs` is this one call.
 pub fn run_main() -> ExitCode {
-    crate::telemetry::init();
+    let telemetry = crate::telemetry::init();
+    let code = serve_main();
+    // After the runtime is gone: the exporter's client blocks, and the last spans are the
+    // shutdown's own.
+    telemetry.shutdown();
+    code
+}
+
+fn serve_main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

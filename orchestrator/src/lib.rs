@@ -15,6 +15,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod timers;
+pub mod trace;
 
 pub use app::{App, run_main};
 pub mod metrics;

@@ -15,6 +15,7 @@ mod metrics;
 mod operations;
 mod sagas_api;
 mod signals;
+mod tracing;
 
 use std::time::Duration;
 

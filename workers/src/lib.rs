@@ -71,6 +71,11 @@
 //!   `command.id`, `attempt`, `task` and `kind`: every log line of a handler carries its saga.
 //!   A task you spawn from a handler leaves the span unless you pass it on
 //!   (`tokio::spawn(fut.in_current_span())`).
+//!   With OpenTelemetry — a `tracing-opentelemetry` layer in the subscriber *you* install — that
+//!   span is a consumer span `handle <task>`, the child of the orchestrator's `dispatch <task>`
+//!   span (the command's `traceparent` header), and the reply carries its context back: one
+//!   trace per saga across the orchestrator and its workers. The SDK installs no exporter and
+//!   no propagator; without such a layer nothing of this happens.
 //!   The connection's own events (connects, reconnects, a lost connection) are logged under the
 //!   target `saga_amqp`, the RabbitMQ plumbing the SDK shares with the orchestrator: a filter
 //!   that names crates wants both (`RUST_LOG=saga_worker=debug,saga_amqp=debug`).
@@ -89,6 +94,7 @@ mod error;
 mod handler;
 #[cfg(feature = "postgres")]
 pub mod idempotency;
+mod trace;
 mod worker;
 
 pub use builder::{DEFAULT_AMQP_URL, WorkerBuilder};

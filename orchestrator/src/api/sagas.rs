@@ -4,10 +4,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::header::LOCATION;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use super::AppState;
 use super::auth::Caller;
@@ -80,16 +81,31 @@ fn start_parts(body: StartBody) -> Result<(String, Option<i32>, Value), ApiError
 }
 
 /// `POST /v1/sagas`: 201 with `Location` and the status; 200 for a replay of the same key.
-#[tracing::instrument(name = "start saga", skip_all, fields(definition, saga.id))]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
     key: IdempotencyKey,
+    headers: HeaderMap,
     body: JsonBody<StartBody>,
 ) -> Result<Response, ApiError> {
     let JsonBody { value, raw } = body;
     let (definition, version, input) = start_parts(value)?;
-    tracing::Span::current().record("definition", definition.as_str());
+    // The saga's trace: the caller's (`traceparent`), or a new one.
+    let span = crate::trace::start_span(&definition, &headers);
+    start_saga(state, caller, key, definition, version, input, raw)
+        .instrument(span)
+        .await
+}
+
+async fn start_saga(
+    state: AppState,
+    caller: Caller,
+    key: IdempotencyKey,
+    definition: String,
+    version: Option<i32>,
+    input: Value,
+    raw: Value,
+) -> Result<Response, ApiError> {
     let started = state
         .engine
         .start(StartRequest {

@@ -17,7 +17,7 @@ use saga_wire::{EVENTS_DLQ, EVENTS_INBOX, REPLIES_DLQ, REPLIES_QUEUE, START_DLQ,
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::session::Session;
 use super::{deadletter, events, replies, starts};
@@ -212,12 +212,11 @@ pub(super) async fn run(
 }
 
 async fn handle(kind: Kind, ctx: Arc<Ctx>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
-    let span = info_span!(
-        "delivery",
-        queue = kind.queue(),
-        delivery_tag = delivery.delivery_tag,
-        saga.id = field::Empty,
-        command.id = field::Empty,
+    // A reply's span continues the worker's trace (the context in its headers).
+    let span = crate::trace::delivery_span(
+        kind.queue(),
+        delivery.delivery_tag,
+        delivery.properties.headers().as_ref(),
     );
     async {
         debug!(

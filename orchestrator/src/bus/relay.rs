@@ -13,6 +13,9 @@
 //! - Lifecycle events are not mandatory: `saga.lifecycle` is a topic exchange for whoever wants to
 //!   listen, and an event nobody subscribed to is dropped by design, not kept forever.
 //! - A nack or a confirm that does not come in time keeps the row; it is published again later.
+//! - A command is published under its `dispatch <task>` span (`crate::trace`), a child of its
+//!   saga's trace, whose W3C context goes in the `traceparent` header; a lifecycle event carries
+//!   the saga's own. No header when tracing is off.
 //! - A channel that breaks mid-batch rolls the transaction back (the rows stay, and are published
 //!   again with the same `message_id`: workers deduplicate) and ends the session.
 //!
@@ -28,14 +31,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use saga_amqp::trace::{from_traceparent, inject_headers};
 use saga_amqp::{AmqpError, BACKOFF_MIN, CONFIRM_TIMEOUT, confirmed_by, next_backoff, timed};
 use saga_wire::COMMANDS_EXCHANGE;
 use serde_json::Value;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, info_span, warn};
 use uuid::Uuid;
 
 use super::session::Session;
@@ -43,6 +47,7 @@ use super::{BusError, topology};
 use crate::engine::{Engine, timer_key};
 use crate::machine::Timer;
 use crate::store::{self, StoreError, outbox::OutboxMessage};
+use crate::trace;
 
 /// Rows per batch (one transaction, one round of confirms).
 pub(super) const BATCH: i64 = 256;
@@ -157,7 +162,7 @@ async fn publish_claimed(
             batch.kept += 1;
             continue;
         };
-        let confirm = timed(
+        let publish = timed(
             format!("publishing to {}", message.exchange),
             channel.basic_publish(
                 message.exchange,
@@ -169,8 +174,11 @@ async fn publish_claimed(
                 &message.payload,
                 message.properties,
             ),
-        )
-        .await?;
+        );
+        let confirm = match message.span {
+            Some(span) => publish.instrument(span).await?,
+            None => publish.await?,
+        };
         in_flight.push(InFlight {
             row,
             confirm,
@@ -256,6 +264,8 @@ struct Prepared {
     payload: Vec<u8>,
     properties: BasicProperties,
     timer: Option<(Uuid, String, DateTime<Utc>)>,
+    /// A command's dispatch span (`crate::trace`), which its headers name as the parent.
+    span: Option<Span>,
 }
 
 /// Builds the message of a row, with `now` the database's clock at claim time. None (logged) when
@@ -308,6 +318,12 @@ fn prepare(row: &OutboxMessage, now: DateTime<Utc>) -> Option<Prepared> {
     if let Some(reply_to) = &m.reply_to {
         properties = properties.with_reply_to(short("reply_to", reply_to)?);
     }
+    let mut headers = FieldTable::default();
+    let span = trace_headers(row, &body, &mut headers);
+    // No header at all without a trace: with tracing off the messages stay as they were.
+    if !headers.inner().is_empty() {
+        properties = properties.with_headers(headers);
+    }
     Some(Prepared {
         exchange: short("exchange", &m.exchange)?,
         routing_key: short("routing key", &m.routing_key)?,
@@ -315,5 +331,32 @@ fn prepare(row: &OutboxMessage, now: DateTime<Utc>) -> Option<Prepared> {
         payload,
         properties,
         timer,
+        span,
     })
+}
+
+/// A command is published under its dispatch span, whose context goes into `headers`; a
+/// lifecycle event carries its saga's stored context as it is.
+fn trace_headers(row: &OutboxMessage, body: &Value, headers: &mut FieldTable) -> Option<Span> {
+    let m = &row.message;
+    let saga_trace = row.trace_context.as_deref();
+    let Some(command_id) = m.command_id.filter(|_| m.exchange == COMMANDS_EXCHANGE) else {
+        if let Some(stored) = saga_trace {
+            inject_headers(&from_traceparent(stored), headers);
+        }
+        return None;
+    };
+    let text = |field: &str| body.get(field).and_then(Value::as_str).unwrap_or_default();
+    let dispatch = trace::Dispatch {
+        saga_id: m.saga_id,
+        command_id,
+        task: &m.routing_key,
+        step: text("step"),
+        kind: text("kind"),
+        attempt: body
+            .get("attempt")
+            .and_then(Value::as_i64)
+            .unwrap_or_default(),
+    };
+    Some(trace::dispatch_span(dispatch, saga_trace, headers))
 }

@@ -21,9 +21,17 @@ use crate::store::{self, StoreError, definitions::StoredDefinition, writes::Writ
 
 type StartResult = Result<Started, EngineError>;
 
-pub(super) type Queue = super::batch::Queue<StartRequest, StartResult>;
+/// A start waiting for a lane, with the trace context of the request that asked for it (the
+/// lane runs in a span of its own; the saga's trace is the caller's).
+#[derive(Clone)]
+pub(super) struct Queued {
+    req: StartRequest,
+    traceparent: Option<String>,
+}
 
-static STARTS: Kind<StartRequest, StartResult> = Kind {
+pub(super) type Queue = super::batch::Queue<Queued, StartResult>;
+
+static STARTS: Kind<Queued, StartResult> = Kind {
     queue: |inner| &inner.starts,
     apply: |engine, batch| Box::pin(async move { engine.apply_starts(batch).await }),
     alone: |engine, req| Box::pin(engine.start_alone(req)),
@@ -49,10 +57,14 @@ impl Engine {
     /// Starts a saga: returns once the transaction that started it committed.
     #[tracing::instrument(skip_all, fields(definition = %req.definition, saga.id = tracing::field::Empty))]
     pub async fn start(&self, req: StartRequest) -> StartResult {
-        let result = match self.batched(&STARTS, req.clone()).await {
+        let queued = Queued {
+            req,
+            traceparent: crate::trace::current_traceparent(),
+        };
+        let result = match self.batched(&STARTS, queued.clone()).await {
             Some(result) => result,
             // No lane took it (the runtime is shutting down): start it here.
-            None => self.start_alone(&req).await,
+            None => self.start_alone(&queued).await,
         };
         if let Ok(started) = &result {
             tracing::Span::current().record("saga.id", tracing::field::display(started.status.id));
@@ -61,7 +73,7 @@ impl Engine {
     }
 
     /// One start in a transaction of its own.
-    async fn start_alone(&self, req: &StartRequest) -> StartResult {
+    async fn start_alone(&self, req: &Queued) -> StartResult {
         let outcomes = self
             .transaction(async |tx| self.start_all(tx, &[req]).await)
             .await?;
@@ -72,8 +84,8 @@ impl Engine {
         }
     }
 
-    async fn apply_starts(&self, batch: Vec<Pending<StartRequest, StartResult>>) {
-        let requests: Vec<&StartRequest> = batch.iter().map(|p| &p.request).collect();
+    async fn apply_starts(&self, batch: Vec<Pending<Queued, StartResult>>) {
+        let requests: Vec<&Queued> = batch.iter().map(|p| &p.request).collect();
         let outcome = self
             .transaction(async |tx| self.start_all(tx, &requests).await)
             .await;
@@ -98,7 +110,7 @@ impl Engine {
     async fn start_all(
         &self,
         tx: &mut PgConnection,
-        requests: &[&StartRequest],
+        requests: &[&Queued],
     ) -> Result<Vec<Result<StartOutcome, EngineError>>, EngineError> {
         let now = store::sagas::db_now(tx).await?;
         let mut writes = Writes::default();
@@ -117,11 +129,12 @@ impl Engine {
     async fn start_in(
         &self,
         tx: &mut PgConnection,
-        req: &StartRequest,
+        queued: &Queued,
         now: DateTime<Utc>,
         writes: &mut Writes,
         lookups: &mut Lookups,
     ) -> Result<StartOutcome, EngineError> {
+        let req = &queued.req;
         if let Some(key) = &req.idempotency_key {
             if !store::sagas::try_lock_idempotency_key(tx, key).await? {
                 return Err(EngineError::KeyInProgress);
@@ -171,7 +184,8 @@ impl Engine {
                 key,
                 request: req.request.clone(),
             });
-        writes.insert_saga(decision.saga.clone(), idem);
+        // The start's trace is the saga's: every later dispatch continues it.
+        writes.insert_saga(decision.saga.clone(), idem, queued.traceparent.clone());
         let wrote = self.record(writes, &decision, &def, now);
         Ok(StartOutcome::Created {
             saga: decision.saga,

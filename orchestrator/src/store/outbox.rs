@@ -30,23 +30,27 @@ pub struct NewMessage {
 pub struct OutboxMessage {
     pub id: i64,
     pub message: NewMessage,
+    /// Its saga's trace context (a W3C `traceparent`), when the saga was started with tracing on.
+    pub trace_context: Option<String>,
 }
 
 /// Takes up to `limit` messages, oldest first, locked until the transaction ends (other relays
 /// skip them), with the database's clock read after they were taken — so after every one of them
 /// was committed, and an attempt's deadline never precedes its dispatch. (The clock is read in
-/// the outer query, once the rows the statement's snapshot shows were locked.) None: nothing to
+/// the outer query, once the rows the statement's snapshot shows were locked.) Each row comes with
+/// its saga's trace context, read there too: the join locks nothing of `sagas`. None: nothing to
 /// take.
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Option<(Vec<OutboxMessage>, DateTime<Utc>)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT claimed.*, clock_timestamp() AS db_now FROM (
+        "SELECT claimed.*, sagas.trace_context, clock_timestamp() AS db_now FROM (
              SELECT id, saga_id, exchange, routing_key, message_id, message_type, reply_to, body,
                     attempt_timeout_ms, command_id
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-         ) AS claimed",
+         ) AS claimed LEFT JOIN sagas ON sagas.id = claimed.saga_id
+         ORDER BY claimed.id",
     )
     .bind(limit)
     .fetch_all(&mut *conn)
@@ -72,6 +76,7 @@ pub async fn claim(
                         .map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
                     command_id: r.try_get("command_id")?,
                 },
+                trace_context: r.try_get("trace_context")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;

@@ -35,16 +35,30 @@ pub struct Writes {
 }
 
 impl Writes {
-    /// A saga that does not exist yet, with the start request that made it.
-    pub fn insert_saga(&mut self, saga: Saga, idempotency: Option<Idempotency>) {
-        self.sagas
-            .insert(saga.id, (saga, SagaWrite::Insert(idempotency)));
+    /// A saga that does not exist yet, with the start request that made it and its trace context
+    /// (a W3C `traceparent`; None when tracing is off).
+    pub fn insert_saga(
+        &mut self,
+        saga: Saga,
+        idempotency: Option<Idempotency>,
+        trace_context: Option<String>,
+    ) {
+        self.sagas.insert(
+            saga.id,
+            (
+                saga,
+                SagaWrite::Insert {
+                    idempotency,
+                    trace_context,
+                },
+            ),
+        );
     }
 
     /// A saga's new state (the last one recorded is written).
     pub fn update_saga(&mut self, saga: Saga) {
         let write = match self.sagas.remove(&saga.id) {
-            Some((_, insert @ SagaWrite::Insert(_))) => insert,
+            Some((_, insert @ SagaWrite::Insert { .. })) => insert,
             _ => SagaWrite::Update,
         };
         self.sagas.insert(saga.id, (saga, write));
@@ -139,11 +153,11 @@ impl Writes {
              saga_rows AS (
                  INSERT INTO sagas AS s (id, definition, version, state, revision, input, output,
                      failure, steps, early_signals, created_at, updated_at, deadline, wait_until,
-                     history_seq, idempotency_key, request_digest)
+                     history_seq, idempotency_key, request_digest, trace_context)
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int8[],
                      $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
                      $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
-                     $14::timestamptz[], $15::int8[], $16::text[], $17::jsonb[])
+                     $14::timestamptz[], $15::int8[], $16::text[], $17::jsonb[], $45::text[])
                  ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
                      revision = EXCLUDED.revision, output = EXCLUDED.output,
                      failure = EXCLUDED.failure, steps = EXCLUDED.steps,
@@ -218,6 +232,7 @@ impl Writes {
         .bind(o.body)
         .bind(o.attempt_timeout_ms)
         .bind(o.command_id)
+        .bind(s.trace_context)
         .execute(conn)
         .await?;
         Ok(())
@@ -239,8 +254,12 @@ struct TimerRows {
 /// How a saga's row is written.
 #[derive(Debug)]
 enum SagaWrite {
-    /// A new saga, with the start request's idempotency key.
-    Insert(Option<Idempotency>),
+    /// A new saga, with the start request's idempotency key and the saga's trace context (set
+    /// once: an update leaves the column alone).
+    Insert {
+        idempotency: Option<Idempotency>,
+        trace_context: Option<String>,
+    },
     Update,
 }
 
@@ -264,14 +283,22 @@ struct SagaColumns {
     history_seq: Vec<i64>,
     idempotency_key: Vec<Option<String>>,
     request: Vec<Option<Value>>,
+    trace_context: Vec<Option<String>>,
 }
 
 impl SagaColumns {
     fn push(&mut self, saga: &Saga, write: &SagaWrite) -> Result<(), StoreError> {
-        let (input, idempotency) = match write {
-            SagaWrite::Insert(idempotency) => (saga.input.clone(), idempotency.as_ref()),
+        let (input, idempotency, trace_context) = match write {
+            SagaWrite::Insert {
+                idempotency,
+                trace_context,
+            } => (
+                saga.input.clone(),
+                idempotency.as_ref(),
+                trace_context.clone(),
+            ),
             // The input never changes: an existing saga's is not sent again.
-            SagaWrite::Update => (Value::Null, None),
+            SagaWrite::Update => (Value::Null, None, None),
         };
         self.id.push(saga.id);
         self.definition.push(saga.definition.clone());
@@ -292,6 +319,7 @@ impl SagaColumns {
         self.idempotency_key
             .push(idempotency.map(|i| i.key.clone()));
         self.request.push(idempotency.map(|i| i.request.clone()));
+        self.trace_context.push(trace_context);
         Ok(())
     }
 }
@@ -460,16 +488,25 @@ mod tests {
         };
         let mut w = Writes::default();
         assert!(w.is_empty());
-        w.insert_saga(saga.clone(), Some(key));
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        w.insert_saga(saga.clone(), Some(key), Some(trace.into()));
         let mut later = saga.clone();
         later.revision += 1;
         w.update_saga(later.clone());
-        // Still an insert (with its key), of the later state.
-        let [(written, SagaWrite::Insert(Some(k)))] = w.sagas.values().collect::<Vec<_>>()[..]
+        // Still an insert (with its key and trace context), of the later state.
+        let [
+            (
+                written,
+                SagaWrite::Insert {
+                    idempotency: Some(k),
+                    trace_context: Some(t),
+                },
+            ),
+        ] = w.sagas.values().collect::<Vec<_>>()[..]
         else {
             panic!("one insert: {:?}", w.sagas);
         };
-        assert_eq!((written, k.key.as_str()), (&later, "k"));
+        assert_eq!((written, k.key.as_str(), t.as_str()), (&later, "k", trace));
 
         let mut w = Writes::default();
         w.update_saga(saga.clone());
@@ -481,5 +518,10 @@ mod tests {
         assert_eq!(columns.revision, vec![later.revision]);
         assert_eq!(columns.input, vec![Value::Null], "an update sends no input");
         assert_eq!(columns.idempotency_key, vec![None]);
+        assert_eq!(
+            columns.trace_context,
+            vec![None],
+            "an update keeps the trace"
+        );
     }
 }

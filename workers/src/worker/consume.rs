@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{Shared, reply};
-use crate::Context;
 use crate::handler::Handler;
+use crate::{Context, trace};
 
 /// Consumes `saga.task.<task>` until shutdown or until the session is lost. Returns the channel
 /// and consumer (to be kept open while the handlers in flight finish), or `None` when it stopped
@@ -181,6 +181,8 @@ async fn handle(
     };
     let span = info_span!(
         "command",
+        otel.name = format!("handle {}", command.task),
+        otel.kind = "consumer",
         saga.id = %command.saga_id,
         saga.step = %command.step,
         command.id = %command.command_id,
@@ -188,6 +190,8 @@ async fn handle(
         task = %command.task,
         kind = command.kind.as_str(),
     );
+    trace::continue_trace(&span, delivery.properties.headers().as_ref());
+    let headers = trace::reply_headers(&span);
     async move {
         let reply_to = delivery
             .properties
@@ -219,7 +223,7 @@ async fn handle(
             command_id,
             body,
         };
-        match reply::publish(&replies, &reply_to, &reply, &session, &shutdown).await {
+        match reply::publish(&replies, &reply_to, &reply, headers, &session, &shutdown).await {
             Ok(()) => {
                 session
                     .settle(

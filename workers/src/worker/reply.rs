@@ -1,6 +1,6 @@
 //! Publishing a reply (PROTOCOL.md §3): default exchange, routing key = the command's
 //! `reply_to`, `correlation_id` = the command id, JSON, persistent, `mandatory`, under publisher
-//! confirms.
+//! confirms; with the command span's trace context in its headers when there is one.
 //!
 //! The broker *acks* a mandatory message that reached no queue and hands it back with the
 //! confirm (CRATES.md): such a reply is not delivered, so the command is not acknowledged. The
@@ -8,7 +8,7 @@
 //! until shutdown or the loss of the connection leave the command to the broker.
 
 use chrono::Utc;
-use lapin::types::ShortString;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use saga_amqp::{BACKOFF_MIN, Session, next_backoff, publish_to_queue};
 use saga_wire::Reply;
@@ -24,6 +24,7 @@ pub(super) async fn publish(
     channel: &Channel,
     reply_to: &ShortString,
     reply: &Reply,
+    headers: FieldTable,
     session: &Session,
     shutdown: &CancellationToken,
 ) -> Result<(), Stopped> {
@@ -39,6 +40,12 @@ pub(super) async fn publish(
         .with_content_type("application/json".into())
         .with_correlation_id(reply.command_id.to_string().into())
         .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or_default());
+    // No header at all without a trace: with tracing off the reply stays as it was.
+    let properties = if headers.inner().is_empty() {
+        properties
+    } else {
+        properties.with_headers(headers)
+    };
     let mut delay = BACKOFF_MIN;
     let mut unroutable = 0u32;
     loop {
