@@ -384,6 +384,37 @@ async fn idempotency_key_replays_and_refuses() {
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list:#}");
 }
 
+/// Starts go to the database in batches (group commit); requests with the same key that land in
+/// one batch, or in two at once, must still start one saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_idempotency_key_start_one_saga() {
+    let env = env().await;
+    assert_eq!(env.register(&order()).await.0, StatusCode::CREATED);
+    let body = json!({ "definition": "order", "input": { "order_id": "o-9", "n": 1 } });
+    let answers =
+        futures::future::join_all((0..16).map(|_| start_raw(&env, &body, Some("key-burst")))).await;
+    let mut ids = BTreeSet::new();
+    let mut created = 0;
+    for raw in &answers {
+        match raw.status {
+            // "returns the first saga's current status with 200".
+            StatusCode::CREATED | StatusCode::OK => {
+                created += usize::from(raw.status == StatusCode::CREATED);
+                ids.insert(raw.json()["id"].as_str().expect("id").to_owned());
+            }
+            // "the same key while the first request is still being processed gets 409".
+            StatusCode::CONFLICT => {
+                assert_problem(raw, StatusCode::CONFLICT);
+            }
+            other => panic!("unexpected {other}: {}", raw.text()),
+        }
+    }
+    assert_eq!(created, 1, "one request created the saga");
+    assert_eq!(ids.len(), 1, "every answer names the same saga: {ids:?}");
+    let list = env.get("/v1/sagas").await.json();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_history_errors() {
     let env = env().await;
