@@ -92,82 +92,84 @@ async fn metrics_count_a_known_set_of_sagas() {
     let (text, s) = scrape_drained(&env).await;
     let v = |series: &str| value(&s, series);
 
-    assert_eq!(v(r#"saga_started_total{definition="shop"}"#), 5.0);
-    assert_eq!(
-        v(r#"saga_ended_total{definition="shop",state="completed"}"#),
-        3.0
-    );
-    assert_eq!(
-        v(r#"saga_ended_total{definition="shop",state="compensated"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"saga_duration_seconds_count{definition="shop",state="completed"}"#),
-        3.0
-    );
-    assert_eq!(
-        v(r#"saga_duration_seconds_bucket{definition="shop",state="compensated",le="+Inf"}"#),
-        2.0
-    );
-    // Step attempts by task, kind and outcome.
-    assert_eq!(
-        v(r#"saga_step_attempts_total{task="t.a",kind="do",outcome="ok"}"#),
-        5.0
-    );
-    assert_eq!(
-        v(r#"saga_step_attempts_total{task="t.b",kind="do",outcome="ok"}"#),
-        3.0
-    );
-    assert_eq!(
-        v(r#"saga_step_attempts_total{task="t.b",kind="do",outcome="error"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"saga_step_attempts_total{task="t.a_undo",kind="compensate",outcome="ok"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"saga_step_duration_seconds_count{task="t.a",state="succeeded"}"#),
-        5.0
-    );
-    assert_eq!(
-        v(r#"saga_step_duration_seconds_count{task="t.b",state="failed"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"saga_commands_dispatched_total{task="t.a_undo",kind="compensate"}"#),
-        2.0
-    );
-    assert_eq!(
-        v(r#"saga_dead_letters_total{queue="saga.replies",reason="unknown_command"}"#),
-        1.0
-    );
-    // HTTP by route pattern, never by path.
-    assert_eq!(
-        v(r#"saga_http_requests_total{method="POST",route="/v1/sagas",status="201"}"#),
-        5.0
-    );
-    assert_eq!(
-        v(r#"saga_http_requests_total{method="GET",route="/v1/sagas/{id}",status="404"}"#),
-        1.0
-    );
+    let expected: &[(&str, f64)] = &[
+        (r#"saga_started_total{definition="shop"}"#, 5.0),
+        (
+            r#"saga_ended_total{definition="shop",state="completed"}"#,
+            3.0,
+        ),
+        (
+            r#"saga_ended_total{definition="shop",state="compensated"}"#,
+            2.0,
+        ),
+        (
+            r#"saga_duration_seconds_count{definition="shop",state="completed"}"#,
+            3.0,
+        ),
+        (
+            r#"saga_duration_seconds_bucket{definition="shop",state="compensated",le="+Inf"}"#,
+            2.0,
+        ),
+        // Step attempts by task, kind and outcome.
+        (
+            r#"saga_step_attempts_total{task="t.a",kind="do",outcome="ok"}"#,
+            5.0,
+        ),
+        (
+            r#"saga_step_attempts_total{task="t.b",kind="do",outcome="ok"}"#,
+            3.0,
+        ),
+        (
+            r#"saga_step_attempts_total{task="t.b",kind="do",outcome="error"}"#,
+            2.0,
+        ),
+        (
+            r#"saga_step_attempts_total{task="t.a_undo",kind="compensate",outcome="ok"}"#,
+            2.0,
+        ),
+        (
+            r#"saga_step_duration_seconds_count{task="t.a",state="succeeded"}"#,
+            5.0,
+        ),
+        (
+            r#"saga_step_duration_seconds_count{task="t.b",state="failed"}"#,
+            2.0,
+        ),
+        (
+            r#"saga_commands_dispatched_total{task="t.a_undo",kind="compensate"}"#,
+            2.0,
+        ),
+        (
+            r#"saga_dead_letters_total{queue="saga.replies",reason="unknown_command"}"#,
+            1.0,
+        ),
+        // HTTP by route pattern, never by path.
+        (
+            r#"saga_http_requests_total{method="POST",route="/v1/sagas",status="201"}"#,
+            5.0,
+        ),
+        (
+            r#"saga_http_requests_total{method="GET",route="/v1/sagas/{id}",status="404"}"#,
+            1.0,
+        ),
+        // Gauges: nothing in flight, nothing waiting; the worker consumes every task queue.
+        (r#"saga_sagas{state="running"}"#, 0.0),
+        (r#"saga_sagas{state="compensating"}"#, 0.0),
+        (r#"saga_sagas{state="suspended"}"#, 0.0),
+        ("saga_outbox_messages", 0.0),
+        ("saga_outbox_oldest_age_seconds", 0.0),
+        ("saga_timers_due", 0.0),
+        ("saga_timer_lag_seconds", 0.0),
+        (r#"saga_task_queue_consumers{queue="saga.task.t.a"}"#, 1.0),
+        (r#"saga_task_queue_messages{queue="saga.task.t.b"}"#, 0.0),
+        ("saga_broker_reconnects_total", 0.0),
+    ];
+    for (series, want) in expected {
+        assert_eq!(v(series), *want, "{series}");
+    }
     assert!(
         v(r#"saga_http_request_duration_seconds_count{method="POST",route="/v1/sagas"}"#) >= 5.0
     );
-    // Gauges: nothing in flight, nothing waiting; the worker consumes every task queue.
-    for state in ["running", "compensating", "suspended"] {
-        assert_eq!(v(&format!(r#"saga_sagas{{state="{state}"}}"#)), 0.0);
-    }
-    assert_eq!(v("saga_outbox_messages"), 0.0);
-    assert_eq!(v("saga_outbox_oldest_age_seconds"), 0.0);
-    assert_eq!(v("saga_timers_due"), 0.0);
-    assert_eq!(v("saga_timer_lag_seconds"), 0.0);
-    assert_eq!(
-        v(r#"saga_task_queue_consumers{queue="saga.task.t.a"}"#),
-        1.0
-    );
-    assert_eq!(v(r#"saga_task_queue_messages{queue="saga.task.t.b"}"#), 0.0);
-    assert_eq!(v("saga_broker_reconnects_total"), 0.0);
     // Bounded labels: no saga id anywhere.
     for id in &ids {
         assert!(!text.contains(id.as_str()), "saga id {id} in /metrics");
