@@ -38,18 +38,22 @@ pub struct OutboxMessage {
 /// skip them), with the database's clock read after they were taken — so after every one of them
 /// was committed, and an attempt's deadline never precedes its dispatch. (The clock is read in
 /// the outer query, once the rows the statement's snapshot shows were locked.) Each row comes with
-/// its saga's trace context, read there too: the join locks nothing of `sagas`. None: nothing to
+/// its saga's trace context, read there too (a primary-key lookup per row; a join let the planner
+/// scan every saga), locking nothing of `sagas`. None: nothing to
 /// take.
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Option<(Vec<OutboxMessage>, DateTime<Utc>)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT claimed.*, sagas.trace_context, clock_timestamp() AS db_now FROM (
+        "SELECT claimed.*,
+                (SELECT trace_context FROM sagas WHERE sagas.id = claimed.saga_id),
+                clock_timestamp() AS db_now
+         FROM (
              SELECT id, saga_id, exchange, routing_key, message_id, message_type, reply_to, body,
                     attempt_timeout_ms, command_id
              FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-         ) AS claimed LEFT JOIN sagas ON sagas.id = claimed.saga_id
+         ) AS claimed
          ORDER BY claimed.id",
     )
     .bind(limit)

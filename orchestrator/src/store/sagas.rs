@@ -82,7 +82,10 @@ pub async fn lock_by_commands(
     lock_where(
         conn,
         "command_id",
-        "commands JOIN sagas ON sagas.id = commands.saga_id WHERE command_id = ANY($1)",
+        // The sagas by primary key, whatever the planner thinks of the batch's size (joined
+        // plainly, it hashed the commands and scanned every saga).
+        "sagas JOIN commands ON commands.saga_id = sagas.id AND command_id = ANY($1)
+         WHERE sagas.id = ANY(ARRAY(SELECT saga_id FROM commands WHERE command_id = ANY($1)))",
         commands,
     )
     .await

@@ -171,8 +171,8 @@ impl Writes {
                      $22::text[], $23::int4[], $24::uuid[], $25::text[], $26::text[],
                      $27::jsonb[])),
              disarmed AS (
-                 DELETE FROM timers t USING UNNEST($28::uuid[], $29::text[]) AS d(saga_id, key)
-                 WHERE t.saga_id = d.saga_id AND t.key = d.key),
+                 DELETE FROM timers t WHERE t.saga_id = ANY($28::uuid[])
+                 AND (t.saga_id, t.key) IN (SELECT * FROM UNNEST($28::uuid[], $29::text[]))),
              cleared AS (
                  DELETE FROM timers t WHERE t.saga_id = ANY($30::uuid[])
                  AND (t.saga_id, t.key) NOT IN (SELECT * FROM UNNEST($31::uuid[], $32::text[]))),
