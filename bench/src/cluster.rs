@@ -118,6 +118,14 @@ impl Cluster {
     }
 
     /// Each process's resident set size, in KiB (`VmRSS`).
+    /// The orchestrator processes' CPU time so far, in seconds (None: `/proc` cannot tell).
+    pub fn cpu_s(&self) -> Option<f64> {
+        self.procs
+            .iter()
+            .map(|p| crate::cpu::process_s(p.id()))
+            .sum()
+    }
+
     pub fn rss_kib(&self) -> Vec<u64> {
         self.procs
             .iter()

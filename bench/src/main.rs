@@ -12,6 +12,7 @@
 //! written as JSON (`--json`, default `target/bench.json`).
 
 mod cluster;
+mod cpu;
 mod load;
 
 use std::path::PathBuf;
@@ -74,7 +75,17 @@ struct Row {
     max_ms: f64,
     per_step_p50_ms: f64,
     rss_mib: Vec<f64>,
+    /// CPU time per saga while the sagas ran: the whole machine's (PostgreSQL, RabbitMQ, the
+    /// orchestrators, the bench's workers and client) and the orchestrator processes' alone.
+    cpu_ms_per_saga: Option<f64>,
+    orchestrator_cpu_ms_per_saga: Option<f64>,
+    /// The share of the machine's time the hypervisor gave to others meanwhile.
+    steal_pct: Option<f64>,
 }
+
+// The orchestrator binary's allocator: the orchestrator processes this binary runs must be it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     if std::env::var(cluster::ROLE).is_ok_and(|r| r == "orchestrator") {
@@ -204,11 +215,24 @@ async fn measure_on(
     let (ends, _listener) = load::listen_ends(&cluster.amqp_url).await?;
     let name = definition["name"].as_str().unwrap_or_default().to_owned();
     let patience = Duration::from_secs(120);
+    let (machine, own) = (cpu::Machine::now(), cluster.cpu_s());
     let run = load::run(cluster, &ends, &name, offer, fail, patience).await?;
+    let cpu = Cpu {
+        machine: machine.zip(cpu::Machine::now()).map(|(b, a)| a.since(&b)),
+        orchestrator_s: own.zip(cluster.cpu_s()).map(|(b, a)| a - b),
+    };
     let rss = cluster.rss_kib();
     stop.cancel();
     verify(&run, &counts, steps, fail)?;
-    Ok(row(scenario, cluster.bases.len(), steps, offer, &run, &rss))
+    Ok(row(
+        scenario,
+        cluster.bases.len(),
+        steps,
+        offer,
+        &run,
+        &rss,
+        cpu,
+    ))
 }
 
 /// Every saga ended as it must, and every step ran exactly as often as it must.
@@ -254,6 +278,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// CPU spent while the sagas ran.
+struct Cpu {
+    machine: Option<cpu::Spent>,
+    orchestrator_s: Option<f64>,
+}
+
 fn row(
     scenario: Scenario,
     processes: usize,
@@ -261,6 +291,7 @@ fn row(
     offer: Offer,
     run: &Run,
     rss: &[u64],
+    cpu: Cpu,
 ) -> Row {
     let mut latencies: Vec<f64> = run
         .sagas
@@ -302,12 +333,15 @@ fn row(
         max_ms: latencies.last().copied().unwrap_or(0.0),
         per_step_p50_ms: p50 / steps as f64,
         rss_mib: rss.iter().map(|k| *k as f64 / 1024.0).collect(),
+        cpu_ms_per_saga: cpu.machine.map(|m| 1000.0 * m.busy_s / sagas.max(1) as f64),
+        orchestrator_cpu_ms_per_saga: cpu.orchestrator_s.map(|s| 1000.0 * s / sagas.max(1) as f64),
+        steal_pct: cpu.machine.map(|m| m.steal_pct),
     }
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<13} {:>4} {:>5} {:>6} {:<22} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<13} {:>4} {:>5} {:>6} {:<22} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>6} {:>7}",
         "scenario",
         "proc",
         "steps",
@@ -321,12 +355,15 @@ fn print_table(rows: &[Row]) {
         "p99 ms",
         "max ms",
         "ms/step",
-        "RSS MiB"
+        "RSS MiB",
+        "CPU ms/saga",
+        "orch.",
+        "steal %"
     );
     for r in rows {
         let rss: Vec<String> = r.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
         println!(
-            "{:<13} {:>4} {:>5} {:>6} {:<22} {:>7.2} {:>8.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.2} {:>9}",
+            "{:<13} {:>4} {:>5} {:>6} {:<22} {:>7.2} {:>8.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.2} {:>9} {:>11} {:>6} {:>7}",
             format!("{:?}", r.scenario).to_lowercase(),
             r.processes,
             r.steps,
@@ -340,9 +377,17 @@ fn print_table(rows: &[Row]) {
             r.p99_ms,
             r.max_ms,
             r.per_step_p50_ms,
-            rss.join("+")
+            rss.join("+"),
+            figure(r.cpu_ms_per_saga, 2),
+            figure(r.orchestrator_cpu_ms_per_saga, 2),
+            figure(r.steal_pct, 0)
         );
     }
+}
+
+/// A figure that may be missing (`-`).
+fn figure(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 /// What the figures were measured on.
