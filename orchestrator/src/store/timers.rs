@@ -16,7 +16,8 @@ pub struct DueTimer {
 /// Takes up to `limit` due timers (by the database's clock) and deletes them: they are gone if and
 /// only if the transaction that handles them commits. Their sagas' rows are locked too, skipping
 /// sagas another transaction holds, so that a timer batch never waits on (or deadlocks with) a
-/// transition in flight: those timers are taken by the next scan.
+/// transition in flight: those timers are taken by the next scan. The taken rows are deleted by
+/// key (`saga_id = ANY(…)`): joined to `due`, the planner hashed the whole table.
 pub async fn take_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueTimer>, StoreError> {
     let rows = sqlx::query(
         "WITH due AS (
@@ -24,7 +25,8 @@ pub async fn take_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<DueTime
              WHERE t.fire_at <= clock_timestamp()
              ORDER BY t.fire_at LIMIT $1
              FOR NO KEY UPDATE OF t, s SKIP LOCKED)
-         DELETE FROM timers t USING due WHERE t.saga_id = due.saga_id AND t.key = due.key
+         DELETE FROM timers t WHERE t.saga_id = ANY(ARRAY(SELECT saga_id FROM due))
+         AND (t.saga_id, t.key) IN (SELECT saga_id, key FROM due)
          RETURNING t.saga_id, t.key",
     )
     .bind(limit)
