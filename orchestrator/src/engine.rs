@@ -292,13 +292,17 @@ impl Engine {
         })
     }
 
-    /// Every task and compensation name of every registered version.
+    /// Every task and compensation name of every registered version. Each version is parsed
+    /// once per process (definitions never change): a scrape of `/metrics` or a look at
+    /// `/v1/queues` reads only the list of versions. A version that cannot be parsed is left out.
     pub async fn all_task_names(&self) -> Result<Vec<String>, EngineError> {
         let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
         let mut names = Vec::new();
-        for doc in store::definitions::all_documents(&mut conn).await? {
-            if let Ok(def) = parse_definition(&doc) {
-                names.extend(def.task_names());
+        for (name, version) in store::definitions::keys(&mut conn).await? {
+            match self.definition(&mut conn, &name, version).await {
+                Ok(def) => names.extend(def.task_names()),
+                Err(EngineError::CorruptDefinition { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         names.sort();

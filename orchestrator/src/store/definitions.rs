@@ -90,9 +90,9 @@ pub async fn list_latest(conn: &mut PgConnection) -> Result<Vec<StoredDefinition
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
-/// Every version's document (to declare the task queues of all of them at start).
-pub async fn all_documents(conn: &mut PgConnection) -> Result<Vec<Value>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT document FROM definitions")
+/// The name and version of every registered definition.
+pub async fn keys(conn: &mut PgConnection) -> Result<Vec<(String, i32)>, StoreError> {
+    Ok(sqlx::query_as("SELECT name, version FROM definitions")
         .fetch_all(conn)
         .await?)
 }
