@@ -119,11 +119,17 @@ impl Worker {
         assert!(problems.is_empty(), "the worker failed: {problems:#?}");
     }
 
+    /// Stops consuming and closes the connection, waiting at most 5 s for the broker's close-ok
+    /// (a close that never completed once hung the whole suite, as it did the e2e harness's).
     pub async fn stop(self) {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = self.conn.close(200, "OK".into()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.conn.close(200, "OK".into()),
+        )
+        .await;
     }
 }
 
