@@ -117,7 +117,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Each process's resident set size, in KiB (`VmRSS`).
     /// The orchestrator processes' CPU time so far, in seconds (None: `/proc` cannot tell).
     pub fn cpu_s(&self) -> Option<f64> {
         self.procs
@@ -126,6 +125,7 @@ impl Cluster {
             .sum()
     }
 
+    /// Each process's resident set size, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Vec<u64> {
         self.procs
             .iter()

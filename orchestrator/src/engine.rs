@@ -292,19 +292,26 @@ impl Engine {
         })
     }
 
-    /// Every task and compensation name of every registered version. Each version is parsed
-    /// once per process (definitions never change): a scrape of `/metrics` or a look at
-    /// `/v1/queues` reads only the list of versions. A version that cannot be parsed is left out.
+    /// Every task and compensation name of every registered version. Each version is read and
+    /// parsed once per process (definitions never change): a scrape of `/metrics` or a look at
+    /// `/v1/queues` reads only the versions this process has not seen — one statement. A version
+    /// that cannot be parsed is left out.
     pub async fn all_task_names(&self) -> Result<Vec<String>, EngineError> {
-        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
-        let mut names = Vec::new();
-        for (name, version) in store::definitions::keys(&mut conn).await? {
-            match self.definition(&mut conn, &name, version).await {
-                Ok(def) => names.extend(def.task_names()),
-                Err(EngineError::CorruptDefinition { .. }) => {}
-                Err(e) => return Err(e),
+        let mut defs: Vec<Arc<Definition>> = Vec::new();
+        let mut known = Vec::new();
+        if let Ok(cache) = self.inner.definitions.read() {
+            for (key, def) in cache.iter() {
+                known.push(key.clone());
+                defs.push(def.clone());
             }
         }
+        let mut conn = self.inner.pool.acquire().await.map_err(StoreError::from)?;
+        for stored in store::definitions::all_except(&mut conn, &known).await? {
+            if let Ok(def) = parse_definition(&stored.document) {
+                defs.push(self.remember((stored.name, stored.version), def));
+            }
+        }
+        let mut names: Vec<String> = defs.iter().flat_map(|d| d.task_names()).collect();
         names.sort();
         names.dedup();
         Ok(names)
@@ -327,11 +334,17 @@ impl Engine {
         let stored = store::definitions::get(conn, name, version)
             .await?
             .ok_or_else(corrupt)?;
-        let def = Arc::new(parse_definition(&stored.document).map_err(|_| corrupt())?);
+        let def = parse_definition(&stored.document).map_err(|_| corrupt())?;
+        Ok(self.remember(key, def))
+    }
+
+    /// Keeps a parsed version for the life of the process.
+    fn remember(&self, key: (String, i32), def: Definition) -> Arc<Definition> {
+        let def = Arc::new(def);
         if let Ok(mut cache) = self.inner.definitions.write() {
             cache.insert(key, def.clone());
         }
-        Ok(def)
+        def
     }
 
     fn read_cache(&self, key: &(String, i32)) -> Option<Arc<Definition>> {

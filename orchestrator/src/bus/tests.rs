@@ -502,6 +502,43 @@ async fn the_topology_is_declared_and_task_queues_follow_the_definitions() {
     );
 }
 
+/// The task queues to declare (at connect) and to show (`/v1/queues`, `/metrics`): every version's
+/// tasks, those of versions another process stored after this one last looked included.
+#[tokio::test]
+async fn task_names_cover_every_version_and_versions_stored_by_another_process() {
+    let env = Env::new().await;
+    let mut conn = env.pool().acquire().await.expect("a connection");
+    let v1 = crate::definition::parse_definition(&one_step("flow")).expect("a valid definition");
+    store::definitions::insert(&mut conn, "flow", 1, &v1.to_document())
+        .await
+        .expect("store v1");
+    assert_eq!(
+        env.engine.all_task_names().await.expect("task names"),
+        ["t.a", "t.a_undo"]
+    );
+
+    // Another process stores v2 (new tasks) and a version this build cannot parse.
+    let v2 = crate::definition::parse_definition(&json!({
+        "name": "flow",
+        "steps": [ { "name": "b", "task": "t.b", "compensate": "t.b_undo", "timeout": "10s" } ]
+    }))
+    .expect("a valid definition");
+    store::definitions::insert(&mut conn, "flow", 2, &v2.to_document())
+        .await
+        .expect("store v2");
+    store::definitions::insert(&mut conn, "flow", 3, &json!({ "name": "flow" }))
+        .await
+        .expect("store a version that does not parse");
+    drop(conn);
+    for _ in 0..2 {
+        assert_eq!(
+            env.engine.all_task_names().await.expect("task names"),
+            ["t.a", "t.a_undo", "t.b", "t.b_undo"],
+            "v1 still, v2 now, v3 left out"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_relay_publishes_a_command_sets_its_deadline_and_arms_its_attempt_timer() {
     let mut env = Env::new().await;

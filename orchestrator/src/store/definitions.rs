@@ -90,9 +90,21 @@ pub async fn list_latest(conn: &mut PgConnection) -> Result<Vec<StoredDefinition
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
-/// The name and version of every registered definition.
-pub async fn keys(conn: &mut PgConnection) -> Result<Vec<(String, i32)>, StoreError> {
-    Ok(sqlx::query_as("SELECT name, version FROM definitions")
-        .fetch_all(conn)
-        .await?)
+/// Every registered definition but the versions in `known` (`(name, version)`): those a process
+/// has not parsed yet.
+pub async fn all_except(
+    conn: &mut PgConnection,
+    known: &[(String, i32)],
+) -> Result<Vec<StoredDefinition>, StoreError> {
+    let (names, versions): (Vec<&str>, Vec<i32>) =
+        known.iter().map(|(n, v)| (n.as_str(), *v)).unzip();
+    let rows = sqlx::query(
+        "SELECT name, version, created_at, document FROM definitions
+         WHERE (name, version) NOT IN (SELECT * FROM UNNEST($1::text[], $2::int4[]))",
+    )
+    .bind(names)
+    .bind(versions)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
