@@ -599,6 +599,49 @@ async fn the_relay_publishes_a_command_sets_its_deadline_and_arms_its_attempt_ti
     env.stop_bus().await;
 }
 
+/// A reply disarms its command's attempt timer (the next step's is armed at its publish), and a
+/// saga that ends leaves no timer behind: no stale timer fires later for nothing.
+#[tokio::test]
+async fn a_reply_disarms_its_attempt_timer_and_an_ended_saga_keeps_none() {
+    let mut env = Env::new().await;
+    env.start_bus().await;
+    env.register(json!({
+        "name": "two",
+        "steps": [
+            { "name": "a", "task": "t.a", "compensate": "t.a_undo", "timeout": "10s" },
+            { "name": "b", "task": "t.b", "compensate": "t.b_undo", "timeout": "10s" }
+        ]
+    }))
+    .await;
+    let saga = env.start_saga("two").await;
+    let timers = async || -> Vec<String> {
+        sqlx::query_scalar("SELECT key FROM timers WHERE saga_id = $1 ORDER BY key")
+            .bind(saga)
+            .fetch_all(env.pool())
+            .await
+            .expect("the saga's timers")
+    };
+    let mut last = None;
+    for task in ["saga.task.t.a", "saga.task.t.b"] {
+        let command = env.client.take(task).await.json();
+        let id: Uuid = command["command_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("a command id");
+        env.wait_outbox_empty().await;
+        assert_eq!(timers().await, [format!("attempt:{id}")], "{task}");
+        let reply = saga_wire::Reply {
+            command_id: id,
+            body: saga_wire::ReplyBody::Ok { output: json!({}) },
+        };
+        last = Some(env.engine.reply(reply).await.expect("the reply is applied"));
+    }
+    assert_eq!(last, Some(crate::engine::ReplyApplied::Applied));
+    env.wait_outbox_empty().await;
+    assert_eq!(timers().await, Vec::<String>::new());
+    env.stop_bus().await;
+}
+
 #[tokio::test]
 async fn an_unroutable_command_stays_in_the_outbox_until_its_queue_is_back() {
     let env = Env::new().await;
